@@ -1,0 +1,147 @@
+"""Dataset registry: a name maps to a loader that returns train/val/test :class:`ImageSet` s.
+
+Loaders are plain functions ``loader(root, img_size) -> Splits`` registered with
+:func:`register_dataset`; :func:`load_splits` looks them up, checks the root and, when asked,
+keeps a decoded cache next to the data (keyed by a hash of the source files' names, sizes and
+modification times, so a changed file invalidates it).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from .errors import DataError
+from .imageset import ImageSet
+
+__all__ = ["Splits", "DatasetInfo", "register_dataset", "load_splits", "list_datasets", "dataset_info"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Class-disjoint train / val / test image sets of one dataset."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+
+    def __getitem__(self, split: str) -> ImageSet:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be one of train, val, test; got {split!r}")
+        return getattr(self, split)
+
+    def describe(self) -> str:
+        lines = []
+        for s in ("train", "val", "test"):
+            d = self[s]
+            sizes = d.class_sizes()
+            lines.append(f"{s:5s}: {d.num_classes:4d} classes, {len(d):6d} images "
+                         f"({int(sizes.min())}-{int(sizes.max())} per class), image {d.image_shape}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Registry entry: the loader and what it needs."""
+
+    name: str
+    loader: Callable[..., Splits]
+    needs_root: bool
+    default_img_size: int
+    in_chans: int
+    description: str
+
+
+_REGISTRY: Dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, needs_root: bool, default_img_size: int, in_chans: int, description: str):
+    """Decorator: register ``loader(root, img_size) -> Splits`` under ``name`` (a duplicate name is an error)."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = DatasetInfo(name, fn, needs_root, default_img_size, in_chans, description)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded():
+    # importing the loader modules registers them
+    from . import glyphs, omniglot, miniimagenet, folder, digits  # noqa: F401
+
+
+def list_datasets() -> list:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_REGISTRY))}.{hint}")
+    return _REGISTRY[name]
+
+
+def _source_key(root: Path) -> str:
+    """Hash of the names, sizes and mtimes of every file under ``root`` (or of ``root`` itself)."""
+    h = hashlib.sha256()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".fewshot-cache"))
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root) if p != root else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_splits(name: str, root: Optional[str | os.PathLike] = None, img_size: Optional[int] = None,
+                cache: bool = False) -> Splits:
+    """Load dataset ``name`` as class-disjoint train/val/test splits.
+
+    Args:
+        name: a registered dataset (:func:`list_datasets`).
+        root: file or folder the loader reads; needed unless the dataset is generated.
+        img_size: images are resized to ``img_size x img_size`` (default: the dataset's own).
+        cache: keep the decoded tensors in ``.fewshot-cache-<hash>-<size>.pt`` next to the data
+            and reuse them while the source files are unchanged.
+    """
+    info = dataset_info(name)
+    img_size = int(img_size or info.default_img_size)
+    if img_size < 8:
+        raise ValueError(f"img_size must be at least 8, got {img_size}")
+    if info.needs_root:
+        if root is None:
+            raise DataError(f"dataset {name!r} reads files: give their location with --data-root")
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise DataError(f"{root}: no such file or directory (data root of dataset {name!r})")
+    elif root is not None:
+        log.info("dataset %s is generated; data root %s is not used", name, root)
+        root = None
+    cache_path = None
+    if cache and root is not None:
+        folder = root if root.is_dir() else root.parent
+        cache_path = folder / f".fewshot-cache-{name}-{_source_key(root)}-{img_size}.pt"
+        if cache_path.exists():
+            try:
+                parts = [ImageSet.load(cache_path.with_suffix(f".{s}.pt")) for s in ("train", "val", "test")]
+                return Splits(*parts)
+            except (DataError, FileNotFoundError) as e:
+                log.warning("ignoring unreadable cache %s: %s", cache_path, e)
+    splits = info.loader(root, img_size)
+    if cache_path is not None:
+        try:
+            for s in ("train", "val", "test"):
+                splits[s].save(cache_path.with_suffix(f".{s}.pt"))
+            cache_path.touch()
+        except OSError as e:  # read-only data folder: caching is an optimisation only
+            log.warning("could not write cache next to %s: %s", root, e)
+    return splits

@@ -1,0 +1,146 @@
+"""Run configuration: one frozen dataclass, read from CLI options and an optional YAML file.
+
+YAML is read with ``yaml.safe_load`` (no Python tags) and unknown keys are an error that lists
+them, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_yaml", "merge"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Field names are the CLI option names with ``_`` for ``-``."""
+
+    # data
+    dataset: str = "glyphs"
+    data_root: Optional[str] = None
+    img_size: Optional[int] = None          # None: the dataset's own size
+    cache: bool = False                     # keep decoded tensors next to the data
+    # episodes
+    way: int = 5
+    shot: int = 1
+    query: int = 15
+    train_way: Optional[int] = None         # None: same as way
+    train_shot: Optional[int] = None        # None: same as shot
+    # model
+    backbone: Optional[str] = None          # None: vig_small_28 for <=32 px images, else vig_small_84
+    matcher: str = "prototype"
+    metric: str = "euclidean"
+    temperature: float = 1.0
+    prompt: str = "none"
+    meta_init: str = "none"
+    # optimisation
+    episodes: int = 600
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    # evaluation and selection
+    eval_episodes: int = 2000
+    val_episodes: int = 200
+    val_every: int = 200
+    # bookkeeping
+    seed: int = 0
+    bank_seed: int = 0                      # test/val banks: the same for every run compared
+    device: str = "auto"
+    checkpoint_every: int = 50
+    run_dir: Optional[str] = None           # None: runs/<derived name>
+    experiment: str = "fewshot"
+    tracking_uri: Optional[str] = None      # None: sqlite store in ./mlruns
+    track: bool = True
+    threads: Optional[int] = None
+
+    def __post_init__(self):
+        positive = ("way", "shot", "query", "episodes", "eval_episodes", "checkpoint_every", "val_every")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.way < 2:
+            raise ConfigError(f"way must be at least 2, got {self.way}")
+        for name in ("train_way", "train_shot", "img_size", "threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
+        if self.train_way is not None and self.train_way < 2:
+            raise ConfigError(f"train_way must be at least 2, got {self.train_way}")
+        if self.val_episodes < 0:
+            raise ConfigError(f"val_episodes must be >= 0 (0 disables validation), got {self.val_episodes}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    # ----- derived values -----------------------------------------------------------------
+    @property
+    def effective_train_way(self) -> int:
+        return self.train_way or self.way
+
+    @property
+    def effective_train_shot(self) -> int:
+        return self.train_shot or self.shot
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Hash of the settings that change results (not the bookkeeping ones)."""
+        skip = {"run_dir", "experiment", "tracking_uri", "track", "threads", "device", "cache"}
+        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def default_run_name(self, backbone: str) -> str:
+        return f"{self.dataset}-{backbone}-{self.way}w{self.shot}s-seed{self.seed}-{self.digest()}"
+
+    def replace(self, **changes) -> "Config":
+        return merge(self, changes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def merge(base: Config, changes: Mapping[str, Any]) -> Config:
+    """A new Config with ``changes`` applied; unknown keys raise :class:`ConfigError` listing them."""
+    norm = {str(k).replace("-", "_"): v for k, v in changes.items()}
+    unknown = sorted(k for k in norm if k not in _FIELDS)
+    if unknown:
+        hints = [f"{k} (did you mean {c[0]}?)" if (c := difflib.get_close_matches(k, list(_FIELDS), n=1)) else k
+                 for k in unknown]
+        raise ConfigError(f"unknown configuration keys: {', '.join(hints)}; valid keys: {', '.join(_FIELDS)}")
+    try:
+        return dataclasses.replace(base, **norm)
+    except TypeError as e:
+        raise ConfigError(str(e)) from e
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping of config keys with safe loading (Python tags are refused)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid (safe) YAML: {str(e).splitlines()[0]}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values, got {type(data).__name__}")
+    merge(Config(), data)  # validate keys and values early, naming the file on error
+    return data

@@ -1,0 +1,16 @@
+"""Matchers score query images against an episode's support set.
+
+Every matcher is called as ``m(support, support_labels, query) -> logits`` with
+``support: [S, D]`` or ``[S, N, D]``, ``support_labels: [S]`` in ``0..way-1`` and
+``query: [Q, D]`` or ``[Q, N, D]``; it returns raw logits ``[Q, way]`` and stores nothing.
+
+Glossary: S = way*shot support items, Q query items, N nodes (patches) per image, D feature dim.
+
+Example:
+    >>> from matchers import PrototypeMatcher
+    >>> logits = PrototypeMatcher(metric="cosine")(support, support_labels, query)
+"""
+from .base import Matcher, create, get, list_matchers, register_matcher, validate_episode
+from .prototype import PrototypeMatcher
+
+__all__ = ["Matcher", "PrototypeMatcher", "create", "get", "list_matchers", "register_matcher", "validate_episode"]

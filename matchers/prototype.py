@@ -1,0 +1,60 @@
+"""Prototype matcher (Snell, Swersky and Zemel, NeurIPS 2017, "Prototypical Networks for Few-shot Learning").
+
+Each class is represented by the mean of its support embeddings; a query scores each class by
+the negative squared Euclidean distance (or the cosine similarity) to its prototype.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import Matcher, register_matcher, validate_episode
+
+__all__ = ["PrototypeMatcher", "class_means"]
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
+    """Per-class mean of ``features: [S, ...]`` by ``labels: [S]`` -> ``[way, ...]`` (one scatter, no loop)."""
+    flat = features.reshape(features.shape[0], -1)
+    sums = flat.new_zeros(way, flat.shape[1]).index_add_(0, labels, flat)
+    counts = torch.bincount(labels, minlength=way).to(flat.dtype).unsqueeze(1)
+    return (sums / counts).reshape(way, *features.shape[1:])
+
+
+@register_matcher("prototype")
+class PrototypeMatcher(Matcher):
+    """Score queries against class prototypes.
+
+    Node-level inputs ``[n, N, D]`` are mean-pooled over nodes first.
+
+    Args:
+        metric: ``"euclidean"`` (logits = -squared distance) or ``"cosine"``.
+        temperature: logits are divided by it (cosine similarities are in [-1, 1], so a
+            temperature around 0.1 gives a usable softmax for training).
+
+    Example:
+        >>> m = PrototypeMatcher()
+        >>> support, labels, query = torch.randn(5, 64), torch.arange(5), torch.randn(75, 64)
+        >>> m(support, labels, query).shape
+        torch.Size([75, 5])
+    """
+
+    def __init__(self, metric: str = "euclidean", temperature: float = 1.0):
+        super().__init__()
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.metric, self.temperature = metric, float(temperature)
+
+    def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """support ``[S, D]`` or ``[S, N, D]``, support_labels ``[S]``, query ``[Q, D]`` or ``[Q, N, D]`` -> logits ``[Q, way]``."""
+        way = validate_episode(support, support_labels, query)
+        if support.dim() == 3:
+            support, query = support.mean(1), query.mean(1)
+        prototypes = class_means(support, support_labels.long(), way)  # [way, D]
+        if self.metric == "cosine":
+            logits = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
+        else:  # ||q||^2 - 2 q.p + ||p||^2, without the [Q, way, D] intermediate
+            logits = -(query.pow(2).sum(-1, keepdim=True) - 2 * query @ prototypes.T + prototypes.pow(2).sum(-1))
+        return logits / self.temperature

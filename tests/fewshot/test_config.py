@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from fewshot.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from fewshot.config import Config, ConfigError, load_yaml, merge
+
+
+def test_yaml_overrides_defaults(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("way: 20\nshot: 5\ndata-root: /data\n")
+    cfg = merge(Config(), load_yaml(p))
+    assert (cfg.way, cfg.shot, cfg.data_root) == (20, 5, "/data")
+
+
+def test_unknown_keys_are_listed_with_a_suggestion(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("wya: 5\nfoo: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown configuration keys: foo, wya \(did you mean way\?\)"):
+        load_yaml(p)
+
+
+def test_python_tags_are_refused_by_safe_loading(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("way: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid \\(safe\\) YAML"):
+        load_yaml(p)
+
+
+def test_a_config_that_is_not_a_mapping_is_refused(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(p)
+
+
+@pytest.mark.parametrize("bad", [dict(way=1), dict(shot=0), dict(episodes=-3), dict(lr=0.0), dict(device="tpu")])
+def test_bad_values_are_refused_by_name(bad):
+    with pytest.raises(ConfigError, match=list(bad)[0]):
+        Config(**bad)
+
+
+def test_digest_ignores_bookkeeping_but_not_results():
+    base = Config()
+    assert base.digest() == base.replace(run_dir="x", experiment="y", threads=2).digest()
+    assert base.digest() != base.replace(lr=2e-3).digest()
+
+
+def test_checkpoint_round_trip_and_safe_loading(tmp_path):
+    p = tmp_path / "ck.pt"
+    save_atomic({"model": {"w": torch.arange(3)}, "step": 4}, p)
+    assert load_checkpoint(p)["step"] == 4
+    assert [x.name for x in tmp_path.iterdir()] == ["ck.pt"]  # no temporary file left
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, p)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(p)
+
+
+def test_missing_and_truncated_checkpoints_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    p = tmp_path / "half.pt"
+    save_atomic({"model": {"w": torch.zeros(1000)}}, p)
+    p.write_bytes(p.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="half.pt"):
+        load_checkpoint(p)
