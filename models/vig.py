@@ -1,0 +1,622 @@
+"""Vision GNN (ViG), isotropic.
+
+Paper: `Vision GNN: An Image is Worth Graph of Nodes` - https://arxiv.org/abs/2206.00272
+@inproceedings{han2022vig,
+  title={Vision GNN: An Image is Worth Graph of Nodes},
+  author={Kai Han and Yunhe Wang and Jianyuan Guo and Yehui Tang and Enhua Wu},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2022},
+}
+
+An image is cut into patches by a convolutional stem; every patch is a node. Each block builds a
+k-nearest-neighbour graph over the current node features (dynamic graph), mixes every node with
+its neighbours by a max-relative graph convolution (Grapher), then transforms each node alone
+(FFN). Written from the paper; the reference code is huawei-noah/Efficient-AI-Backbones.
+
+Unlike the reference code, nothing here depends on a fixed node count: the graph is built over
+whatever nodes arrive, so prompt nodes can be appended and nodes deleted (masked) per block
+through ``forward_features(..., node_mask=..., block_hook=...)``.
+
+Glossary: B batch, C image channels, H x W image, h x w node grid after the stem,
+N nodes (h*w plus any prompt nodes), D embed dim, k neighbours per node, d dilation.
+Blocks speak ``[B, N, D]``; inside, 1x1 convolutions and BatchNorm2d see ``[B, D, N, 1]``
+through the one pair of helpers ``nodes_to_conv`` / ``conv_to_nodes``.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, get_act_layer, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .layers import check_node_mask, masked_mean
+
+__all__ = [
+    "VisionGNN", "ViGBlock", "Grapher", "FFN", "MaxRelativeGraphConv", "Stem",
+    "knn_graph", "effective_knn", "nodes_to_conv", "conv_to_nodes", "BlockHook",
+]
+
+BlockHook = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+"""``hook(block_idx, x: [B, N, D], node_mask: [B, N] bool) -> (x: [B, N', D], node_mask: [B, N'] or None)``."""
+
+LayerType = Union[str, Type[nn.Module]]
+
+
+def nodes_to_conv(x: torch.Tensor) -> torch.Tensor:
+    """``[B, N, D]`` -> ``[B, D, N, 1]``, the layout of 1x1 convolutions and BatchNorm2d."""
+    return x.transpose(1, 2).unsqueeze(-1)
+
+
+def conv_to_nodes(x: torch.Tensor) -> torch.Tensor:
+    """``[B, D, N, 1]`` -> ``[B, N, D]``, the inverse of :func:`nodes_to_conv`."""
+    return x.squeeze(-1).transpose(1, 2)
+
+
+def _resolve_act(act_layer: LayerType) -> Type[nn.Module]:
+    try:
+        act = get_act_layer(act_layer)
+    except KeyError:
+        raise ValueError(
+            f"unknown act_layer {act_layer!r}: use a timm activation name such as 'gelu', 'relu' or 'silu', "
+            "or an nn.Module class") from None
+    if act is None:
+        raise ValueError(f"act_layer must name an activation, got {act_layer!r}")
+    return act
+
+
+def effective_knn(num_knn: int, dilation: int, num_valid: int) -> Tuple[int, int]:
+    """Neighbour count and dilation actually used when only ``num_valid`` nodes may be neighbours.
+
+    k is clamped to ``num_valid``, then d so that ``k * d <= num_valid``: the ``k * d`` nearest
+    candidates are always valid nodes.
+    """
+    if num_valid < 1:
+        raise ValueError(f"a graph needs at least one valid node, got {num_valid}")
+    k = min(num_knn, num_valid)
+    d = max(1, min(dilation, num_valid // k))
+    return k, d
+
+
+def knn_graph(
+        x: torch.Tensor,
+        num_knn: int,
+        dilation: int = 1,
+        node_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Dilated k-nearest-neighbour graph over L2-normalised node features.
+
+    For every node, rank all valid nodes by Euclidean distance (itself first), keep the
+    ``k * d`` nearest and take every d-th of them. Deleted nodes (``node_mask`` False) are at
+    infinite distance, so no node ever picks them. k and d are clamped by :func:`effective_knn`
+    to the smallest number of valid nodes in the batch.
+
+    Args:
+        x: node features ``[B, N, D]`` (not differentiated through: the graph is discrete).
+        num_knn: neighbours per node, k.
+        dilation: d.
+        node_mask: ``[B, N]`` bool, True = node may be a neighbour; None keeps every node.
+
+    Returns:
+        neighbours: ``[B, N, k']`` long indices into the N nodes, nearest first, k' = min(k, valid nodes).
+    """
+    num_nodes = x.shape[1]
+    num_valid = num_nodes if node_mask is None else int(node_mask.sum(dim=1).min())
+    k, d = effective_knn(num_knn, dilation, num_valid)
+    with torch.no_grad():
+        x = F.normalize(x.detach(), dim=-1)
+        # unit vectors: squared distance = 2 - 2 * cosine similarity
+        dist = (2.0 - 2.0 * (x @ x.transpose(1, 2))).clamp_min_(0.0)  # [B, N, N]
+        if node_mask is not None:
+            dist.masked_fill_(~node_mask[:, None, :], float("inf"))
+        nearest = dist.topk(k * d, dim=-1, largest=False, sorted=True).indices  # [B, N, k*d]
+    return nearest[..., ::d]
+
+
+class MaxRelativeGraphConv(nn.Module):
+    """Max-relative graph convolution (Li et al., DeepGCNs, as used in ViG).
+
+    For node i: ``[x_i, max_{j in N(i)} (x_j - x_i)]`` -> grouped 1x1 conv -> BN -> act. The two
+    halves are interleaved channel by channel so each conv group sees a node's features together
+    with their relative maxima.
+
+    Args:
+        dim: input node features D.
+        out_dim: output channels (2D in ViG).
+        act_layer: activation class.
+        groups: groups of the 1x1 convolution.
+    """
+
+    def __init__(self, dim: int, out_dim: int, act_layer: Type[nn.Module] = nn.GELU, groups: int = 4):
+        super().__init__()
+        if (2 * dim) % groups or out_dim % groups:
+            raise ValueError(f"2*dim ({2 * dim}) and out_dim ({out_dim}) must be divisible by groups ({groups})")
+        self.conv = nn.Conv2d(2 * dim, out_dim, 1, groups=groups)
+        self.norm = nn.BatchNorm2d(out_dim)
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` -> ``[B, out_dim, N, 1]``."""
+        batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
+        x_j = x[batch, neighbours]  # [B, N, k, D]
+        relative = (x_j - x.unsqueeze(2)).amax(dim=2)  # [B, N, D]
+        x = torch.stack([x, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved
+        return self.act(self.norm(self.conv(nodes_to_conv(x))))
+
+
+class Grapher(nn.Module):
+    """Grapher module: ``x + DropPath(fc_out(GraphConv(fc_in(x))))`` on a dynamic k-NN graph.
+
+    Args:
+        dim: node features D.
+        num_knn: neighbours per node, k.
+        dilation: take every d-th of the ``k * d`` nearest nodes.
+        act_layer: activation class of the graph convolution.
+        drop_path: stochastic depth rate of the residual branch.
+        groups: groups of the graph convolution's 1x1 conv.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_knn: int = 9,
+            dilation: int = 1,
+            act_layer: Type[nn.Module] = nn.GELU,
+            drop_path: float = 0.,
+            groups: int = 4,
+    ):
+        super().__init__()
+        self.num_knn = num_knn
+        self.dilation = dilation
+        self.fc_in = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim))
+        self.graph_conv = MaxRelativeGraphConv(dim, 2 * dim, act_layer, groups)
+        self.fc_out = nn.Sequential(nn.Conv2d(2 * dim, dim, 1), nn.BatchNorm2d(dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_to_nodes(self.fc_in(nodes_to_conv(x)))
+
+    def neighbours(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The graph this block builds for its input (use eval mode: fc_in holds a BatchNorm).
+
+        Args:
+            x: block input ``[B, N, D]``.
+            node_mask: ``[B, N]`` bool, True = node kept.
+
+        Returns:
+            neighbours: ``[B, N, k']`` long, nearest first.
+        """
+        check_node_mask(node_mask, x)
+        return knn_graph(self._project(x), self.num_knn, self.dilation, node_mask)
+
+    def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: ``[B, N, D]``, node_mask: ``[B, N]`` bool -> ``[B, N, D]``."""
+        h = self._project(x)
+        h = self.fc_out(self.graph_conv(h, knn_graph(h, self.num_knn, self.dilation, node_mask)))
+        return x + self.drop_path(conv_to_nodes(h))
+
+
+class FFN(nn.Module):
+    """Per-node feed-forward module: ``x + DropPath(BN(fc2(act(BN(fc1(x))))))``.
+
+    Args:
+        dim: node features D.
+        hidden_dim: hidden features.
+        act_layer: activation class.
+        drop_path: stochastic depth rate of the residual branch.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU, drop_path: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Sequential(nn.Conv2d(dim, hidden_dim, 1), nn.BatchNorm2d(hidden_dim))
+        self.act = act_layer()
+        self.fc2 = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1), nn.BatchNorm2d(dim))
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, N, D]`` -> ``[B, N, D]``."""
+        h = self.fc2(self.act(self.fc1(nodes_to_conv(x))))
+        return x + self.drop_path(conv_to_nodes(h))
+
+
+class ViGBlock(nn.Module):
+    """One ViG block: Grapher then FFN.
+
+    Args:
+        dim: node features D.
+        num_knn: neighbours per node, k.
+        dilation: graph dilation d.
+        ffn_hidden: hidden features of the FFN.
+        act_layer: activation class.
+        drop_path: stochastic depth rate of both residual branches.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_knn: int,
+            dilation: int,
+            ffn_hidden: int,
+            act_layer: Type[nn.Module] = nn.GELU,
+            drop_path: float = 0.,
+    ):
+        super().__init__()
+        self.grapher = Grapher(dim, num_knn, dilation, act_layer, drop_path)
+        self.ffn = FFN(dim, ffn_hidden, act_layer, drop_path)
+
+    def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: ``[B, N, D]``, node_mask: ``[B, N]`` bool -> ``[B, N, D]``."""
+        return self.ffn(self.grapher(x, node_mask))
+
+
+class Stem(nn.Module):
+    """Overlapping convolutional patch embedding.
+
+    ``log2(stride)`` stride-2 3x3 conv-BN-act layers, channels doubling up to D (C -> D/8 -> D/4 ->
+    D/2 -> D for stride 16), then a stride-1 3x3 conv-BN.
+
+    Args:
+        in_chans: image channels C.
+        embed_dim: output channels D.
+        stride: total stride, a power of two >= 2.
+        act_layer: activation class.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, stride: int = 16, act_layer: Type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.num_down = stride.bit_length() - 1
+        chans = [in_chans] + [embed_dim >> (self.num_down - 1 - i) for i in range(self.num_down)]
+        layers = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), act_layer()]
+        layers += [nn.Conv2d(embed_dim, embed_dim, 3, padding=1), nn.BatchNorm2d(embed_dim)]
+        self.convs = nn.Sequential(*layers)
+
+    def grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        """Node grid (h, w) for an (H, W) image: each stride-2 conv maps s to ceil(s / 2)."""
+        h, w = img_size
+        for _ in range(self.num_down):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, C, H, W]`` -> ``[B, D, h, w]``."""
+        return self.convs(x)
+
+
+class VisionGNN(nn.Module):
+    """Isotropic Vision GNN (Han et al., NeurIPS 2022): stem, position embedding, ``depth`` blocks of
+    Grapher + FFN on a dynamic k-NN graph, masked mean pooling, MLP head.
+
+    Args:
+        img_size: configured input size H (or (H, W)); sets the position-embedding grid and the
+            default dilation. Other sizes work: the embedding is resized bilinearly.
+        in_chans: image channels C.
+        num_classes: classifier outputs; 0 makes the head an identity (``forward`` returns the
+            pooled embedding ``[B, D]``).
+        embed_dim: node features D.
+        depth: number of Grapher + FFN blocks.
+        num_knn: neighbours of the first block; k grows linearly to ``2 * num_knn`` at the last.
+        max_dilation: cap on the dilation ``block_idx // 4 + 1``; None uses
+            ``max(1, nodes // (2 * num_knn))`` for the configured grid.
+        stem_stride: total stride of the stem (a power of two >= 2): nodes = (H/stride) * (W/stride).
+        act_layer: activation, a timm name (``get_act_layer``) or an nn.Module class.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, growing linearly to this rate at the last block.
+        head_hidden: hidden features of the head (0: a single linear classifier).
+        ffn_ratio: FFN hidden features = ``ffn_ratio * embed_dim``.
+
+    Example:
+        >>> model = VisionGNN(img_size=28, in_chans=1, num_classes=0, embed_dim=32, depth=2,
+        ...                   num_knn=4, stem_stride=4)
+        >>> nodes = model.forward_features(torch.randn(2, 1, 28, 28))  # [2, 49, 32]
+        >>> model.forward_head(nodes, pre_logits=True).shape
+        torch.Size([2, 32])
+    """
+
+    num_prefix_tokens = 0
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            embed_dim: int = 192,
+            depth: int = 12,
+            num_knn: int = 9,
+            max_dilation: Optional[int] = None,
+            stem_stride: int = 16,
+            act_layer: LayerType = "gelu",
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            head_hidden: int = 1024,
+            ffn_ratio: float = 4,
+    ):
+        super().__init__()
+        img_size = tuple(to_2tuple(img_size))
+        _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_dilation, stem_stride,
+                    drop_rate, drop_path_rate, head_hidden, ffn_ratio)
+        act = _resolve_act(act_layer)
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.head_hidden = head_hidden
+        self.drop_rate = drop_rate
+        self._act = act
+
+        self.stem = Stem(in_chans, embed_dim, stem_stride, act)
+        self.grid_size = self.stem.grid_size(img_size)
+        num_nodes = self.grid_size[0] * self.grid_size[1]
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *self.grid_size))
+
+        if max_dilation is None:
+            max_dilation = max(1, num_nodes // (2 * num_knn))
+        self.knn_per_block = [num_knn * (depth - 1 + i) // (depth - 1) if depth > 1 else num_knn
+                              for i in range(depth)]
+        self.dilation_per_block = [min(i // 4 + 1, max_dilation) for i in range(depth)]
+        drop_path = [drop_path_rate * i / (depth - 1) if depth > 1 else 0. for i in range(depth)]
+        self.blocks = nn.ModuleList([
+            ViGBlock(embed_dim, k, d, int(embed_dim * ffn_ratio), act, dp)
+            for k, d, dp in zip(self.knn_per_block, self.dilation_per_block, drop_path)
+        ])
+        self.head = self._make_head(num_classes)
+        self.init_weights()
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        if self.head_hidden == 0:
+            return nn.Sequential(OrderedDict(drop=nn.Dropout(self.drop_rate),
+                                             fc=nn.Linear(self.embed_dim, num_classes)))
+        return nn.Sequential(OrderedDict(
+            pre_fc=nn.Linear(self.embed_dim, self.head_hidden),
+            norm=nn.BatchNorm1d(self.head_hidden),
+            act=self._act(),
+            drop=nn.Dropout(self.drop_rate),
+            fc=nn.Linear(self.head_hidden, num_classes),
+        ))
+
+    def init_weights(self) -> None:
+        """Kaiming-normal convolutions (as the reference code), truncated-normal linears and
+        position embedding, zero biases."""
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(_init_module)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {"pos_embed"}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a fresh one with ``num_classes`` outputs (0: identity).
+
+        Args:
+            num_classes: classifier outputs.
+            global_pool: only ``None`` or ``'avg'`` (masked mean), for timm compatibility.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"VisionGNN pools by masked mean only: global_pool must be None or 'avg', got {global_pool!r}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.num_classes = num_classes
+        device = self.pos_embed.device
+        self.head = self._make_head(num_classes).to(device)
+        self.head.apply(_init_module)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, D, h, w]`` -> x + position embedding, resized bilinearly when (h, w) differs."""
+        pos = self.pos_embed
+        if pos.shape[-2:] != x.shape[-2:]:
+            pos = F.interpolate(pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return x + pos
+
+    def forward_features(
+            self,
+            x: torch.Tensor,
+            node_mask: Optional[torch.Tensor] = None,
+            block_hook: Optional[BlockHook] = None,
+            return_mask: bool = False,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """Images to node features.
+
+        Args:
+            x: images ``[B, C, H, W]``.
+            node_mask: ``[B, h*w]`` bool, True = node kept; a deleted node is never a neighbour.
+            block_hook: called as ``block_hook(i, x, node_mask)`` before block i (i = 0..depth-1)
+                with ``x: [B, N, D]`` and ``node_mask: [B, N]`` bool (all True when no mask was
+                given); returns ``(x: [B, N', D], node_mask: [B, N'] or None)``. It may append
+                nodes (prompts), change features or change the mask.
+            return_mask: also return the mask in force after the last block.
+
+        Returns:
+            nodes: ``[B, N, D]``; with ``return_mask``, ``(nodes, node_mask)`` where node_mask is
+            ``[B, N]`` bool or None (every node kept). Pass it on to :meth:`forward_head`.
+
+        Note:
+            Deleted nodes keep being computed (their features are simply never read by kept
+            nodes). In training mode the BatchNorm batch statistics still include them; in eval
+            mode a deleted node has no effect at all on the kept nodes.
+        """
+        x = self._pos_embed(self.stem(x))
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D]
+        check_node_mask(node_mask, x)
+        for i, block in enumerate(self.blocks):
+            if block_hook is not None:
+                if node_mask is None:
+                    node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
+                x, node_mask = _apply_hook(block_hook, i, x, node_mask)
+            x = block(x, node_mask)
+        return (x, node_mask) if return_mask else x
+
+    def forward_head(
+            self,
+            x: torch.Tensor,
+            pre_logits: bool = False,
+            node_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Node features to the pooled embedding or class logits.
+
+        Args:
+            x: node features ``[B, N, D]``.
+            pre_logits: return the pooled embedding ``[B, D]`` (what a matcher wants).
+            node_mask: ``[B, N]`` bool; pooling averages only the kept nodes. It may differ from
+                the graph mask, e.g. to leave prompt nodes out of the embedding.
+
+        Returns:
+            ``[B, D]`` with ``pre_logits`` or ``num_classes == 0``, else logits ``[B, num_classes]``.
+        """
+        x = masked_mean(x, node_mask)
+        return x if pre_logits else self.head(x)
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            node_mask: Optional[torch.Tensor] = None,
+            block_hook: Optional[BlockHook] = None,
+    ) -> torch.Tensor:
+        """images ``[B, C, H, W]`` -> logits ``[B, num_classes]`` (``[B, D]`` when num_classes is 0)."""
+        x, node_mask = self.forward_features(x, node_mask, block_hook, return_mask=True)
+        return self.forward_head(x, node_mask=node_mask)
+
+
+def _apply_hook(block_hook: BlockHook, i: int, x: torch.Tensor, node_mask: torch.Tensor):
+    out = block_hook(i, x, node_mask)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"block_hook must return (x, node_mask); before block {i} it returned {type(out).__name__}")
+    new_x, new_mask = out
+    if new_x.dim() != 3 or new_x.shape[0] != x.shape[0] or new_x.shape[2] != x.shape[2]:
+        raise ValueError(
+            f"block_hook before block {i} must return nodes [B, N', D] with B = {x.shape[0]} and D = {x.shape[2]}, "
+            f"got {list(new_x.shape)}")
+    check_node_mask(new_mask, new_x)
+    return new_x, new_mask
+
+
+def _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_dilation, stem_stride,
+                drop_rate, drop_path_rate, head_hidden, ffn_ratio) -> None:
+    """Raise a ``ValueError`` naming the first invalid VisionGNN argument."""
+    if any(s < 1 for s in img_size):
+        raise ValueError(f"img_size must be positive, got {img_size}")
+    for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
+                             ("embed_dim", embed_dim, 1), ("depth", depth, 1), ("num_knn", num_knn, 1),
+                             ("head_hidden", head_hidden, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if max_dilation is not None and max_dilation < 1:
+        raise ValueError(f"max_dilation must be None or >= 1, got {max_dilation}")
+    if stem_stride < 2 or stem_stride & (stem_stride - 1):
+        raise ValueError(f"stem_stride must be a power of two >= 2 (2, 4, 8, 16, ...), got {stem_stride}")
+    multiple = max(2, stem_stride // 2)
+    if embed_dim % multiple:
+        raise ValueError(
+            f"embed_dim must be divisible by {multiple} (the stem halves it {stem_stride.bit_length() - 2} times "
+            f"and the graph conv uses 4 groups over 2*embed_dim), got {embed_dim}")
+    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if not 0. <= value < 1.:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if ffn_ratio <= 0 or int(embed_dim * ffn_ratio) < 1:
+        raise ValueError(f"ffn_ratio must give at least one hidden feature, got {ffn_ratio} with embed_dim {embed_dim}")
+
+
+def _init_module(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _create_vig(variant: str, pretrained: bool = False, **kwargs) -> VisionGNN:
+    if pretrained:
+        raise ValueError(
+            f"no pretrained weights exist for {variant!r}: fewshot trains its backbones from scratch "
+            "(offline); create it with pretrained=False")
+    return build_model_with_cfg(VisionGNN, variant, pretrained, **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    """Pretrained config of an ImageNet-sized variant (no weights: ``url`` is empty)."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": .9,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.convs.0",
+        "classifier": "head.fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+def _small_cfg(in_chans: int, img_size: int) -> dict:
+    """Config of a small-image variant: no classifier, inputs scaled to -1..1."""
+    return _cfg(num_classes=0, input_size=(in_chans, img_size, img_size), crop_pct=1.0,
+                interpolation="bilinear", mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+
+
+default_cfgs = generate_default_cfgs({
+    "vig_ti_224_gelu": _cfg(),
+    "vig_s_224_gelu": _cfg(),
+    "vig_b_224_gelu": _cfg(),
+    "vig_small_28": _small_cfg(in_chans=1, img_size=28),
+    "vig_small_84": _small_cfg(in_chans=3, img_size=84),
+    "test_vig": _small_cfg(in_chans=1, img_size=28),
+})
+
+
+@register_model
+def vig_ti_224_gelu(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """ViG-Ti (7.1M parameters): D 192, 12 blocks, 196 nodes at 224x224."""
+    model_args = dict(embed_dim=192, depth=12, num_knn=9, stem_stride=16, act_layer="gelu")
+    return _create_vig("vig_ti_224_gelu", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_s_224_gelu(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """ViG-S (22.7M parameters): D 320, 16 blocks."""
+    model_args = dict(embed_dim=320, depth=16, num_knn=9, stem_stride=16, act_layer="gelu")
+    return _create_vig("vig_s_224_gelu", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_b_224_gelu(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """ViG-B (86.8M parameters): D 640, 16 blocks."""
+    model_args = dict(embed_dim=640, depth=16, num_knn=9, stem_stride=16, act_layer="gelu")
+    return _create_vig("vig_b_224_gelu", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_small_28(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """Small ViG for 28x28 grayscale (Omniglot, glyphs): stride 4 -> 7x7 = 49 nodes, D 96, 4 blocks."""
+    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
+                      stem_stride=4, head_hidden=256)
+    return _create_vig("vig_small_28", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_small_84(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """Small ViG for 84x84 RGB (miniImageNet): stride 8 -> 11x11 = 121 nodes, D 96, 4 blocks."""
+    model_args = dict(img_size=84, in_chans=3, num_classes=0, embed_dim=96, depth=4, num_knn=9,
+                      stem_stride=8, head_hidden=256)
+    return _create_vig("vig_small_84", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_vig(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """Tiny ViG for tests: 28x28 grayscale, 49 nodes, D 32, 2 blocks, k 4."""
+    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=32, depth=2, num_knn=4,
+                      stem_stride=4, head_hidden=64)
+    return _create_vig("test_vig", pretrained, **dict(model_args, **kwargs))
