@@ -1,0 +1,267 @@
+"""episodes.omniglot: the real minimal zips, the extracted-folder form, a fake full Omniglot
+(Vinyals-style path) and every bad input."""
+import io
+import zipfile
+
+import pytest
+import torch
+from PIL import Image
+
+from episodes import omniglot
+from episodes.errors import DataError
+from episodes.omniglot import find_omniglot_sets, load_omniglot, read_omniglot_set
+
+TEST_ALPHABETS = {"Japanese_(katakana)", "Sanskrit", "Tagalog"}
+
+
+def drawing(seed: int, size: int = 12) -> bytes:
+    """A 1-bit PNG, black strokes on white like Omniglot's, different for every seed."""
+    img = Image.new("1", (size, size), 1)
+    for i in range(size):
+        img.putpixel((i, (seed * 7 + i * (seed % 3 + 1)) % size), 0)  # a slanted stroke
+    img.putpixel((seed % size, 0), 0)  # breaks the symmetry, so rotations differ
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_set(folder, set_name, alphabets, drawers=2, offset=0, members=None):
+    """Write ``<set_name>.zip`` with ``alphabets = {name: n_characters}``; returns its path."""
+    path = folder / f"{set_name}.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for a, (alphabet, n_chars) in enumerate(sorted(alphabets.items())):
+            for c in range(1, n_chars + 1):
+                for d in range(drawers):
+                    seed = offset + 1000 * a + 10 * c + d
+                    zf.writestr(f"{set_name}/{alphabet}/character{c:02d}/{seed:04d}_{d:02d}.png", drawing(seed))
+        for name, data in members or []:
+            zf.writestr(name, data)
+    return path
+
+
+def class_alphabets(images):
+    return {name.split("/")[0] for name in images.class_names}
+
+
+@pytest.fixture(scope="module")
+def omniglot_dir(shared_data):
+    return shared_data / "omniglot"
+
+
+@pytest.fixture(scope="module")
+def minimal(omniglot_dir):
+    return load_omniglot(omniglot_dir, 28)
+
+
+@pytest.fixture(scope="module")
+def extracted(omniglot_dir, tmp_path_factory):
+    """Both real zips extracted, as a user would, into a fresh folder."""
+    out = tmp_path_factory.mktemp("omniglot_extracted")
+    for name in ("images_background_small1", "images_background_small2"):
+        with zipfile.ZipFile(omniglot_dir / f"{name}.zip") as zf:
+            zf.extractall(out)
+    return out
+
+
+class TestRealZips:
+    @pytest.mark.parametrize("set_name,n_chars", [("images_background_small1", 136), ("images_background_small2", 156)])
+    def test_each_zip_has_its_characters_with_20_drawers_each(self, omniglot_dir, set_name, n_chars):
+        chars = read_omniglot_set(omniglot_dir / f"{set_name}.zip")
+        assert len(chars) == n_chars
+        assert {len(v) for v in chars.values()} == {20}
+
+    def test_the_two_zips_hold_242_distinct_characters_with_greek_and_latin_identical(self, omniglot_dir):
+        small1 = read_omniglot_set(omniglot_dir / "images_background_small1.zip")
+        small2 = read_omniglot_set(omniglot_dir / "images_background_small2.zip")
+        assert len(set(small1) | set(small2)) == 242
+        shared = set(small1) & set(small2)
+        assert {a for a, _ in shared} == {"Greek", "Latin"}
+        assert all([d for _, d in small1[k]] == [d for _, d in small2[k]] for k in shared)
+
+
+class TestMinimalProtocol:
+    def test_splits_have_484_15_and_106_classes_of_20_images(self, minimal):
+        assert (minimal.train.num_classes, minimal.val.num_classes, minimal.test.num_classes) == (484, 15, 106)
+        for split in ("train", "val", "test"):
+            assert minimal[split].class_sizes().unique().tolist() == [20]
+
+    def test_test_alphabets_are_exactly_the_three_found_only_in_small2(self, minimal):
+        assert class_alphabets(minimal.test) == TEST_ALPHABETS
+        assert not class_alphabets(minimal.train) & class_alphabets(minimal.test)
+        assert not class_alphabets(minimal.val) & class_alphabets(minimal.test)
+
+    def test_val_holds_out_three_whole_characters_per_small1_alphabet(self, minimal):
+        val = set(minimal.val.class_names)
+        train_chars = {name.split("@")[0] for name in minimal.train.class_names}
+        assert not val & train_chars
+        assert [name.split("/")[0] for name in minimal.val.class_names] == \
+            [a for a in sorted(class_alphabets(minimal.train)) for _ in range(3)]
+
+    def test_val_characters_are_the_ones_the_fixed_seed_picks(self, minimal):
+        assert minimal.val.class_names[:3] == ["Balinese/character02", "Balinese/character13", "Balinese/character14"]
+
+    def test_every_train_character_comes_in_four_rotations(self, minimal):
+        names = minimal.train.class_names
+        assert names[:4] == ["Balinese/character01", "Balinese/character01@rot90",
+                             "Balinese/character01@rot180", "Balinese/character01@rot270"]
+        base = minimal.train.images[minimal.train.indices_of(0)]
+        for k in (1, 2, 3):
+            assert torch.equal(minimal.train.images[minimal.train.indices_of(k)], torch.rot90(base, k, dims=(2, 3)))
+
+    def test_images_are_28x28_uint8_with_bright_strokes_on_a_dark_background(self, minimal):
+        for split in ("train", "val", "test"):
+            images = minimal[split].images
+            assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)
+            assert images.float().mean() < 60  # mostly dark background
+            assert images.amax(dim=(1, 2, 3)).min() > 128  # every drawing has bright strokes
+            assert (images[:, :, 0, :] == 0).float().mean() > 0.9  # the border row is background
+        assert minimal.train.name == "omniglot-minimal/train"
+
+    def test_a_zip_given_directly_is_read_with_its_sibling(self, omniglot_dir, minimal):
+        splits = load_omniglot(omniglot_dir / "images_background_small2.zip", 28)
+        assert splits.test.class_names == minimal.test.class_names
+        assert torch.equal(splits.test.images, minimal.test.images)
+
+
+class TestExtractedFolders:
+    def test_extracted_folders_give_the_same_tensors_as_the_zips(self, extracted, minimal):
+        assert set(find_omniglot_sets(extracted).values()) == {extracted / "images_background_small1",
+                                                               extracted / "images_background_small2"}
+        splits = load_omniglot(extracted, 28)
+        for split in ("train", "val", "test"):
+            assert splits[split].class_names == minimal[split].class_names
+            assert torch.equal(splits[split].images, minimal[split].images)
+            assert torch.equal(splits[split].labels, minimal[split].labels)
+
+    def test_a_folder_wins_over_a_zip_of_the_same_name(self, extracted, omniglot_dir, tmp_path):
+        (tmp_path / "images_background_small1").symlink_to(extracted / "images_background_small1")
+        (tmp_path / "images_background_small1.zip").write_bytes(b"not a zip: must not be read")
+        (tmp_path / "images_background_small2.zip").symlink_to(omniglot_dir / "images_background_small2.zip")
+        assert find_omniglot_sets(tmp_path)["images_background_small1"] == tmp_path / "images_background_small1"
+        assert load_omniglot(tmp_path, 28).val.num_classes == 15
+
+    def test_a_folder_extracted_with_an_extra_level_is_read(self, tmp_path):
+        fake_set(tmp_path, "images_background_small1", {"Alpha": 2})
+        with zipfile.ZipFile(tmp_path / "images_background_small1.zip") as zf:
+            zf.extractall(tmp_path / "images_background_small1")  # .../small1/small1/Alpha/...
+        chars = read_omniglot_set(tmp_path / "images_background_small1")
+        assert list(chars) == [("Alpha", "character01"), ("Alpha", "character02")]
+        from_zip = read_omniglot_set(tmp_path / "images_background_small1.zip")
+        assert {k: [d for _, d in v] for k, v in chars.items()} == {k: [d for _, d in v] for k, v in from_zip.items()}
+
+
+class TestVinyalsStyleSplit:
+    @pytest.fixture
+    def full(self, tmp_path):
+        fake_set(tmp_path, "images_background", {"Alpha": 3, "Beta": 2}, drawers=3)
+        fake_set(tmp_path, "images_evaluation", {"Gamma": 4, "Delta": 1}, drawers=3, offset=5000)
+        return tmp_path
+
+    def test_characters_are_cut_by_the_counts_with_four_rotations_in_every_split(self, full, monkeypatch):
+        monkeypatch.setattr(omniglot, "VINYALS_COUNTS", (6, 1, 3))
+        splits = load_omniglot(full, 16)
+        chars = {s: {n.split("@")[0] for n in splits[s].class_names} for s in ("train", "val", "test")}
+        assert [len(chars[s]) for s in ("train", "val", "test")] == [6, 1, 3]
+        assert [splits[s].num_classes for s in ("train", "val", "test")] == [24, 4, 12]
+        assert not (chars["train"] & chars["val"] or chars["train"] & chars["test"] or chars["val"] & chars["test"])
+        assert len(chars["train"] | chars["val"] | chars["test"]) == 10
+        assert splits.test.class_sizes().unique().tolist() == [3]
+        assert splits.train.images.shape[1:] == (1, 16, 16) and splits.train.name == "omniglot/train"
+        assert splits.train.images.float().mean() < 128  # inverted: strokes bright
+
+    def test_the_split_is_fixed_by_the_seed(self, full):
+        chars = omniglot._merge([read_omniglot_set(full / "images_background.zip"),
+                                 read_omniglot_set(full / "images_evaluation.zip")])
+        a = omniglot._vinyals_splits(chars, 8, (6, 1, 3))
+        b = omniglot._vinyals_splits(dict(reversed(list(chars.items()))), 8, (6, 1, 3))
+        assert a.test.class_names == b.test.class_names and torch.equal(a.test.images, b.test.images)
+        c = omniglot._vinyals_splits(chars, 8, (6, 1, 3), seed=1)
+        assert a.train.class_names != c.train.class_names
+
+    def test_the_full_set_wins_over_the_minimal_sets(self, full, monkeypatch):
+        monkeypatch.setattr(omniglot, "VINYALS_COUNTS", (6, 1, 3))
+        fake_set(full, "images_background_small1", {"Alpha": 5})
+        fake_set(full, "images_background_small2", {"Zeta": 2})
+        assert load_omniglot(full, 8).train.name == "omniglot/train"
+
+    def test_a_full_set_without_1623_characters_is_refused(self, full):
+        with pytest.raises(DataError, match="full Omniglot needs 1623 characters .* found 10"):
+            load_omniglot(full, 8)
+
+
+class TestMinimalOnFakeData:
+    def test_small_sets_give_val_of_three_per_alphabet_and_test_of_new_alphabets(self, tmp_path):
+        fake_set(tmp_path, "images_background_small1", {"Alpha": 5, "Beta": 4})
+        fake_set(tmp_path, "images_background_small2", {"Alpha": 5, "Zeta": 2})
+        splits = load_omniglot(tmp_path, 10)
+        assert (splits.train.num_classes, splits.val.num_classes, splits.test.num_classes) == (12, 6, 2)
+        assert class_alphabets(splits.test) == {"Zeta"}
+
+    def test_an_alphabet_too_small_to_hold_out_three_characters_is_refused(self, tmp_path):
+        fake_set(tmp_path, "images_background_small1", {"Alpha": 5, "Tiny": 3})
+        fake_set(tmp_path, "images_background_small2", {"Zeta": 2})
+        with pytest.raises(DataError, match="alphabet 'Tiny' has 3 characters"):
+            load_omniglot(tmp_path, 10)
+
+
+class TestBadInputs:
+    def test_a_missing_root_is_an_error_naming_it(self, tmp_path):
+        with pytest.raises(DataError, match="nowhere: no such file"):
+            load_omniglot(tmp_path / "nowhere", 28)
+
+    def test_only_one_minimal_zip_is_an_error_saying_what_was_found_and_needed(self, tmp_path):
+        fake_set(tmp_path, "images_background_small1", {"Alpha": 5})
+        with pytest.raises(DataError, match=r"found .*images_background_small1\.zip\. Needed: images_background "):
+            load_omniglot(tmp_path, 28)
+
+    def test_a_folder_without_omniglot_is_an_error_listing_none_found(self, tmp_path):
+        with pytest.raises(DataError, match="found none of them"):
+            load_omniglot(tmp_path, 28)
+
+    def test_a_zip_that_is_not_omniglots_layout_says_what_was_expected_and_found(self, tmp_path):
+        path = tmp_path / "images_background_small1.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("photos/cat.png", drawing(1))
+        with pytest.raises(DataError, match=r"expected members like 'images_background_small1/<Alphabet>/"
+                                            r"<characterNN>/<file>\.png', found 'photos/cat\.png'"):
+            read_omniglot_set(path)
+
+    def test_a_zip_without_pngs_is_an_error_naming_it(self, tmp_path):
+        path = tmp_path / "images_background.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("images_background/readme.txt", "hi")
+        with pytest.raises(DataError, match=r"images_background\.zip: no PNG members"):
+            read_omniglot_set(path)
+
+    @pytest.mark.parametrize("data,reason", [(b"", "empty file"), (b"\x89PNG\r\n\x1a\n trunc", "not a readable image"),
+                                             (drawing(3)[:60], "not a readable image")])
+    def test_a_bad_png_in_the_zip_is_an_error_naming_zip_and_member(self, tmp_path, data, reason):
+        member = "images_background_small1/Alpha/character01/bad.png"
+        fake_set(tmp_path, "images_background_small1", {"Alpha": 5}, members=[(member, data)])
+        fake_set(tmp_path, "images_background_small2", {"Zeta": 2})
+        with pytest.raises(DataError, match=rf"images_background_small1\.zip:{member}: {reason}"):
+            load_omniglot(tmp_path, 28)
+
+    def test_a_zip_with_a_parent_dir_member_is_refused(self, tmp_path):
+        fake_set(tmp_path, "images_background_small1", {"Alpha": 5},
+                 members=[("images_background_small1/../../evil.png", drawing(1))])
+        fake_set(tmp_path, "images_background_small2", {"Zeta": 2})
+        with pytest.raises(DataError, match=r"images_background_small1\.zip:.*evil\.png: unsafe member path"):
+            load_omniglot(tmp_path, 28)
+
+    def test_an_empty_character_folder_is_an_error_naming_it(self, tmp_path):
+        (tmp_path / "images_background" / "Alpha" / "character07").mkdir(parents=True)
+        with pytest.raises(DataError, match=r"Alpha/character07: empty character folder"):
+            read_omniglot_set(tmp_path / "images_background")
+
+    def test_an_image_outside_a_character_folder_is_an_error_naming_it(self, tmp_path):
+        (tmp_path / "images_background" / "Alpha" / "character01").mkdir(parents=True)
+        (tmp_path / "images_background" / "Alpha" / "character01" / "a.png").write_bytes(drawing(1))
+        (tmp_path / "images_background" / "Alpha" / "stray.png").write_bytes(drawing(2))
+        with pytest.raises(DataError, match=r"Alpha/stray\.png: image outside a character folder"):
+            read_omniglot_set(tmp_path / "images_background")
+
+    def test_a_file_that_is_not_an_omniglot_set_is_refused(self, tmp_path):
+        (tmp_path / "photos.zip").write_bytes(b"PK")
+        with pytest.raises(DataError, match=r"photos\.zip: not an Omniglot set"):
+            load_omniglot(tmp_path / "photos.zip", 28)
