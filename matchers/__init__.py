@@ -11,6 +11,10 @@ Example:
     >>> logits = PrototypeMatcher(metric="cosine")(support, support_labels, query)
 """
 from .base import Matcher, create, get, list_matchers, register_matcher, validate_episode
+from .hungarian import HungarianMatcher
+from .knn import KNNMatcher
+from .patch_voting import PatchVotingMatcher
 from .prototype import PrototypeMatcher
 
-__all__ = ["Matcher", "PrototypeMatcher", "create", "get", "list_matchers", "register_matcher", "validate_episode"]
+__all__ = ["HungarianMatcher", "KNNMatcher", "Matcher", "PatchVotingMatcher", "PrototypeMatcher", "create", "get",
+           "list_matchers", "register_matcher", "validate_episode"]
