@@ -1,0 +1,76 @@
+"""``fewshot eval``: score a trained run's weights on a fixed test bank and track the result."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from episodes import EpisodeBank, EpisodeSampler, load_splits
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import Config, ConfigError, merge
+from .evaluation import evaluate
+from .model import build_model, count_parameters, default_backbone
+from .tracking import make_tracker
+from .training import resolve_device
+
+__all__ = ["load_run_config", "evaluate_run"]
+
+log = logging.getLogger(__name__)
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config a run was trained with (``run_dir/config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a fewshot run folder (no config.yaml); give the --run-dir of a training run")
+    return merge(Config(), yaml.safe_load(path.read_text()) or {})
+
+
+def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
+                 progress: bool = True) -> dict:
+    """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
+    test = splits.test
+    if bank_file:
+        bank = EpisodeBank.load(bank_file, test)
+    else:
+        bank = EpisodeSampler(test, config.way, config.shot, config.query, seed=config.bank_seed).bank(config.eval_episodes)
+    img_size, in_chans = test.image_shape[-1], test.image_shape[0]
+    model = build_model(config, img_size, in_chans)
+    path = Path(run_dir) / f"{checkpoint}.pt"
+    state = load_checkpoint(path)["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{path} does not fit backbone {config.backbone or default_backbone(img_size)!r} "
+                              f"with matcher {config.matcher!r} ({first})") from None
+    model.to(device)
+    tracker = make_tracker(config.track, config.tracking_uri, config.experiment)
+    params = count_parameters(model)
+    tracker.start(f"eval-{Path(run_dir).name}", {**config.to_dict(), "checkpoint": str(path),
+                                                 "test_bank_id": bank.bank_id, **{f"{k}_params": v for k, v in params.items()}},
+                  tags={"command": "eval"})
+    status = "FAILED"
+    try:
+        t0 = time.perf_counter()
+        res = evaluate(model, test, bank, device, progress=progress)
+        result = {**res.as_dict("test"), "eval_seconds": round(time.perf_counter() - t0, 3),
+                  "checkpoint": str(path), "mlflow_run_id": tracker.run_id, "dataset": config.dataset,
+                  "matcher": config.matcher}
+        tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95}, step=0)
+        tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
+        tracker.log_dict(result, "result.json")
+        status = "FINISHED"
+        return result
+    finally:
+        tracker.end(status)

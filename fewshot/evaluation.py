@@ -1,0 +1,113 @@
+"""Evaluation on a fixed :class:`~episodes.EpisodeBank`: mean accuracy and its 95% confidence interval.
+
+When the model's embeddings do not depend on the episode, every distinct image of the bank is
+embedded once and episodes are scored by indexing; otherwise each episode runs the whole model.
+Both paths give the same per-episode accuracies.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from episodes import EpisodeBank, ImageSet
+
+__all__ = ["EvalResult", "evaluate", "summarise", "autocast_for"]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-episode accuracies ``[E]`` and their summary."""
+
+    accuracies: torch.Tensor
+    way: int
+    shot: int
+    query: int
+    bank_id: str
+
+    @property
+    def episodes(self) -> int:
+        return self.accuracies.numel()
+
+    @property
+    def mean(self) -> float:
+        return float(self.accuracies.double().mean())
+
+    @property
+    def ci95(self) -> float:
+        return summarise(self.accuracies)[1]
+
+    def as_dict(self, prefix: str = "test") -> dict:
+        return {f"{prefix}_acc": self.mean, f"{prefix}_ci95": self.ci95, f"{prefix}_episodes": self.episodes,
+                f"{prefix}_way": self.way, f"{prefix}_shot": self.shot, f"{prefix}_query": self.query,
+                f"{prefix}_bank_id": self.bank_id}
+
+    def __str__(self) -> str:
+        return (f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f} % ({self.way}-way {self.shot}-shot, "
+                f"{self.query} queries/class, {self.episodes} episodes, bank {self.bank_id})")
+
+
+def summarise(accuracies: torch.Tensor) -> tuple:
+    """``(mean, half-width of the 95% CI = 1.96 * std / sqrt(n))``; std with Bessel's correction."""
+    a = accuracies.double()
+    n = a.numel()
+    std = float(a.std(unbiased=True)) if n > 1 else 0.0
+    return float(a.mean()), 1.96 * std / math.sqrt(n)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def _embed_all(model, images: ImageSet, idx: torch.Tensor, device, batch_size: int, progress: bool) -> torch.Tensor:
+    out = []
+    for start in tqdm(range(0, idx.numel(), batch_size), desc="embed", disable=not progress, leave=False):
+        batch = images.images[idx[start:start + batch_size]].to(device)
+        with autocast_for(device):
+            out.append(model.embed(batch).float())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | str = "cpu",
+             batch_size: int = 256, progress: bool = False, per_episode: bool | None = None) -> EvalResult:
+    """Score ``model`` on every episode of ``bank`` (drawn from ``images``).
+
+    Args:
+        per_episode: force the per-episode path (True) or the embed-once path (False);
+            None picks embed-once when ``model.episode_independent``.
+    """
+    bank.check(images)
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    if per_episode is None:
+        per_episode = not model.episode_independent
+    accs = torch.empty(len(bank))
+    try:
+        if not per_episode:
+            ids = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()]))
+            feats = _embed_all(model, images, ids, device, batch_size, progress)
+            where = torch.full((len(images),), -1, dtype=torch.long)
+            where[ids] = torch.arange(ids.numel())
+            where = where.to(device)
+        for i in tqdm(range(len(bank)), desc="evaluate", disable=not progress, leave=False):
+            ep = bank[i]
+            s_lab = ep.support_labels.to(device)
+            q_lab = ep.query_labels.to(device)
+            if per_episode:
+                with autocast_for(device):
+                    logits = model(images.images[ep.support].to(device), s_lab, images.images[ep.query].to(device))
+            else:
+                logits = model.matcher(feats[where[ep.support.to(device)]], s_lab, feats[where[ep.query.to(device)]])
+            accs[i] = (logits.argmax(-1) == q_lab).float().mean().cpu()
+    finally:
+        model.train(was_training)
+    return EvalResult(accs, bank.way, bank.shot, bank.query_per_class, bank.bank_id)

@@ -1,0 +1,94 @@
+"""EpisodicModel: a backbone, an optional prompt and a matcher, scored one episode at a time.
+
+Glossary: S = way*shot support images, Q query images, C x H x W images, N nodes, D feature dim.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import torch
+from torch import nn
+
+import matchers
+import models
+
+__all__ = ["EpisodicModel", "build_model", "count_parameters", "to_input"]
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` in 0..255 -> float ``[B, C, H, W]`` in -1..1 (float input passes through)."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(127.5).sub_(1.0)
+    return images
+
+
+class EpisodicModel(nn.Module):
+    """Embeds support and query images with the backbone and scores them with the matcher.
+
+    Args:
+        backbone: a ``models`` backbone (``forward_features`` -> ``[B, N, D]``,
+            ``forward_head(pre_logits=True)`` -> ``[B, D]``).
+        matcher: a ``matchers`` matcher; its ``input`` attribute (``"pooled"`` or ``"nodes"``)
+            says which embedding it scores.
+    """
+
+    def __init__(self, backbone: nn.Module, matcher: matchers.Matcher):
+        super().__init__()
+        self.backbone, self.matcher = backbone, matcher
+
+    @property
+    def episode_independent(self) -> bool:
+        """True when an image's embedding does not depend on the episode (no support-generated prompt),
+        so evaluation may embed every image once and score episodes by indexing."""
+        return True
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images ``[B, C, H, W]`` (uint8 or float) -> ``[B, D]`` or ``[B, N, D]`` as the matcher wants."""
+        nodes = self.backbone.forward_features(to_input(images))
+        if getattr(self.matcher, "input", "pooled") == "nodes":
+            return nodes
+        return self.backbone.forward_head(nodes, pre_logits=True)
+
+    def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor,
+                query_images: torch.Tensor) -> torch.Tensor:
+        """support_images ``[S, C, H, W]``, support_labels ``[S]``, query_images ``[Q, C, H, W]`` -> logits ``[Q, way]``."""
+        feats = self.embed(torch.cat([support_images, query_images]))
+        n = support_images.shape[0]
+        return self.matcher(feats[:n].float(), support_labels, feats[n:].float())
+
+
+def count_parameters(module: nn.Module) -> dict:
+    """``{"trainable": n, "frozen": n}`` parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    return {"trainable": trainable, "frozen": frozen}
+
+
+def _matcher_kwargs(config) -> dict:
+    """Matcher options from the config: passed when the matcher takes them; a non-default value
+    for an option the matcher does not take is an error, never silently ignored."""
+    from .config import Config, ConfigError
+
+    cls = matchers.get(config.matcher)
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    for name in ("metric", "temperature"):
+        value = getattr(config, name)
+        if name in accepted:
+            kwargs[name] = value
+        elif value != getattr(Config, name):
+            raise ConfigError(f"matcher {config.matcher!r} has no option {name!r} (given {value!r})")
+    return kwargs
+
+
+def default_backbone(img_size: int) -> str:
+    return "vig_small_28" if img_size <= 32 else "vig_small_84"
+
+
+def build_model(config, img_size: int, in_chans: int) -> EpisodicModel:
+    """Backbone (``config.backbone`` or the default for the image size) + matcher, freshly initialised."""
+    name = config.backbone or default_backbone(img_size)
+    backbone = models.create_backbone(name, img_size=img_size, in_chans=in_chans)
+    matcher = matchers.create(config.matcher, **_matcher_kwargs(config))
+    return EpisodicModel(backbone, matcher)

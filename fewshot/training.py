@@ -1,0 +1,209 @@
+"""Episodic training: Adam, cosine schedule, gradient clipping, validation for model selection,
+atomic checkpoints that a killed run resumes from, evaluation on a fixed test bank, MLflow tracking.
+
+Resuming is exact: episode ``i`` is a pure function of ``(seed, i)``, the global RNG (dropout,
+drop-path) is re-seeded from ``(seed, i)`` before every step, and the checkpoint holds the model,
+optimiser and scheduler states. On CPU a resumed run ends bit-for-bit where an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from episodes import EpisodeSampler, dataset_info, episode_seed, load_splits
+
+from .checkpoint import load_checkpoint, save_atomic
+from .config import Config, ConfigError
+from .evaluation import autocast_for, evaluate
+from .model import build_model, count_parameters, default_backbone
+from .tracking import make_tracker
+
+__all__ = ["Run", "prepare", "train", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+@dataclass
+class Run:
+    """Everything a training or evaluation command needs, built and validated before anything is written."""
+
+    config: Config
+    splits: object
+    model: torch.nn.Module
+    device: torch.device
+    train_sampler: EpisodeSampler
+    val_bank: Optional[object]
+    test_bank: object
+    run_dir: Path
+    backbone_name: str
+
+
+def prepare(config: Config) -> Run:
+    """Load data, check episode sizes against every split, build the model. Raises before any output."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    info = dataset_info(config.dataset)
+    splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
+    img_size = splits.train.image_shape[-1]
+    in_chans = splits.train.image_shape[0]
+    train_sampler = EpisodeSampler(splits.train, config.effective_train_way, config.effective_train_shot,
+                                   config.query, seed=config.seed)
+    val_bank = None
+    if config.val_episodes:
+        val_bank = EpisodeSampler(splits.val, min(config.way, splits.val.num_classes), config.shot, config.query,
+                                  seed=config.bank_seed + 1).bank(config.val_episodes)
+    test_bank = EpisodeSampler(splits.test, config.way, config.shot, config.query,
+                               seed=config.bank_seed).bank(config.eval_episodes)
+    torch.manual_seed(config.seed)
+    model = build_model(config, img_size, in_chans).to(device)
+    backbone_name = config.backbone or default_backbone(img_size)
+    run_dir = Path(config.run_dir or Path("runs") / config.default_run_name(backbone_name))
+    log.info("dataset %s (%s)\n%s", info.name, info.description, splits.describe())
+    return Run(config, splits, model, device, train_sampler, val_bank, test_bank, run_dir, backbone_name)
+
+
+def _state(run: Run, opt, sched, step: int, best: dict, run_id: Optional[str]) -> dict:
+    return {"model": run.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "step": step, "best": dict(best), "mlflow_run_id": run_id or "", "config_digest": run.config.digest(),
+            "config": json.dumps(run.config.to_dict())}
+
+
+def _resume(run: Run, opt, sched, path: Path):
+    ckpt = load_checkpoint(path)
+    if ckpt.get("config_digest") != run.config.digest():
+        raise ConfigError(f"{path} was written by a run with other settings (digest {ckpt.get('config_digest')} "
+                          f"vs {run.config.digest()}); resume with the same options or pick another --run-dir")
+    run.model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    return int(ckpt["step"]), dict(ckpt["best"]), ckpt.get("mlflow_run_id") or None
+
+
+def _episode_batch(run: Run, step: int):
+    ep = run.train_sampler[step]
+    images = run.splits.train.images
+    d = run.device
+    return (images[ep.support].to(d, non_blocking=True), ep.support_labels.to(d),
+            images[ep.query].to(d, non_blocking=True), ep.query_labels.to(d))
+
+
+def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
+    """Train, select on validation, evaluate on the test bank; return the result dictionary."""
+    run = prepare(config)
+    model, device = run.model, run.device
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.episodes)
+    last, best_path = run.run_dir / "last.pt", run.run_dir / "best.pt"
+    step, best, run_id = 0, {"acc": -1.0, "step": -1}, None
+    if resume and last.exists():
+        step, best, run_id = _resume(run, opt, sched, last)
+        log.info("resuming %s at episode %d", run.run_dir, step)
+    elif resume:
+        log.warning("--resume: no checkpoint in %s, starting from scratch", run.run_dir)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    params = count_parameters(model)
+    tracker = make_tracker(config.track, config.tracking_uri, config.experiment)
+    tracker.start(run.run_dir.name, {**config.to_dict(), "backbone_resolved": run.backbone_name,
+                                     "trainable_params": params["trainable"], "frozen_params": params["frozen"],
+                                     "train_fingerprint": run.splits.train.fingerprint,
+                                     "test_bank_id": run.test_bank.bank_id}, run_id=run_id,
+                  tags={"command": "train"})
+    if run_id is None:
+        tracker.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
+    log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
+    status = "FAILED"
+    try:
+        step = _train_loop(run, opt, sched, step, best, tracker, progress)
+        result = _final_evaluation(run, best, tracker, progress)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: bool) -> int:
+    config, model = run.config, run.model
+    last, best_path = run.run_dir / "last.pt", run.run_dir / "best.pt"
+    pending = {"train_loss": [], "train_acc": [], "lr": []}
+    first = step
+    model.train()
+    bar = tqdm(total=config.episodes, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    while step < config.episodes:
+        torch.manual_seed(episode_seed(config.seed + 7919, step))  # dropout / drop-path: pure in (seed, step)
+        s_img, s_lab, q_img, q_lab = _episode_batch(run, step)
+        with autocast_for(run.device):
+            logits = model(s_img, s_lab, q_img)
+        loss = F.cross_entropy(logits.float(), q_lab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        pending["lr"].append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+        step += 1
+        pending["train_loss"].append(loss.item())
+        pending["train_acc"].append((logits.argmax(-1) == q_lab).float().mean().item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{pending['train_loss'][-1]:.3f}")
+        if run.val_bank is not None and (step % config.val_every == 0 or step == config.episodes):
+            val = evaluate(model, run.splits.val, run.val_bank, run.device)
+            tracker.log_metrics({"val_acc": val.mean, "val_ci95": val.ci95}, step=step)
+            if val.mean > best["acc"]:
+                best.update(acc=val.mean, step=step)
+                save_atomic({"model": model.state_dict(), "step": step, "val_acc": val.mean}, best_path)
+            bar.write(f"episode {step}: val {val}")
+        if step % config.checkpoint_every == 0 or step == config.episodes:
+            for name, values in pending.items():  # one step per logged value, then checkpoint
+                tracker.log_metric_history(name, values, start_step=step - len(values) + 1)
+                values.clear()
+            save_atomic(_state(run, opt, sched, step, best, tracker.run_id), last)
+    bar.close()
+    if step > first:
+        tracker.log_metrics({"train_episodes_per_s": (step - first) / (time.perf_counter() - t0)}, step=step)
+    return step
+
+
+def _final_evaluation(run: Run, best: dict, tracker, progress: bool) -> dict:
+    config, model = run.config, run.model
+    best_path = run.run_dir / "best.pt"
+    if run.val_bank is not None and best_path.exists():
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    t0 = time.perf_counter()
+    test = evaluate(model, run.splits.test, run.test_bank, run.device, progress=progress)
+    eval_s = time.perf_counter() - t0
+    result = {**test.as_dict("test"), "best_val_acc": best["acc"] if best["step"] >= 0 else None,
+              "best_step": best["step"], "episodes": config.episodes, "run_dir": str(run.run_dir),
+              "mlflow_run_id": tracker.run_id, "backbone": run.backbone_name, "dataset": config.dataset,
+              "eval_seconds": round(eval_s, 3), **{f"{k}_params": v for k, v in count_parameters(model).items()}}
+    tracker.log_metrics({"test_acc": test.mean, "test_ci95": test.ci95, "eval_seconds": eval_s}, step=config.episodes)
+    tracker.log_text("\n".join(f"{a:.6f}" for a in test.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
+    tracker.log_dict(result, "result.json")
+    (run.run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    log.info("test accuracy: %s", test)
+    return result
