@@ -8,6 +8,7 @@ optimiser and scheduler states. On CPU a resumed run ends bit-for-bit where an u
 from __future__ import annotations
 
 import json
+import sys
 import logging
 import time
 from dataclasses import dataclass
@@ -177,7 +178,7 @@ def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: 
             if val.mean > best["acc"]:
                 best.update(acc=val.mean, step=step)
                 save_atomic({"model": model.state_dict(), "step": step, "val_acc": val.mean}, best_path)
-            bar.write(f"episode {step}: val {val}")
+            bar.write(f"episode {step}: val {val}", file=sys.stderr)
         if step % config.checkpoint_every == 0 or step == config.episodes:
             for name, values in pending.items():  # one step per logged value, then checkpoint
                 tracker.log_metric_history(name, values, start_step=step - len(values) + 1)
