@@ -88,7 +88,7 @@ RUN_OPTIONS = [
     click.option("--backbone", help="timm name of the backbone, e.g. vig_small_28, conv4 (default: by image size)."),
     click.option("--matcher", type=_choices(_list_matchers), help="How queries are scored." + _default("matcher")),
     click.option("--metric", type=click.Choice(["euclidean", "cosine"]), help="Distance of the prototype matcher." + _default("metric")),
-    click.option("--temperature", type=float, help="Logits are divided by it." + _default("temperature")),
+    click.option("--temperature", type=float, help="Logits are divided by it. [default: the matcher's own: 1 for prototype, 0.1 for patch-voting and hungarian]"),
     click.option("--prompt", type=_choices(_list_prompts), help="Graph prompt." + _default("prompt")),
     click.option("--meta-init", type=_choices(_list_meta_inits), help="Meta-learned prompt initialisation." + _default("meta_init")),
     click.option("--eval-episodes", type=int, help="Episodes in the test bank." + _default("eval_episodes")),

@@ -41,7 +41,7 @@ class Config:
     backbone: Optional[str] = None          # None: vig_small_28 for <=32 px images, else vig_small_84
     matcher: str = "prototype"
     metric: str = "euclidean"
-    temperature: float = 1.0
+    temperature: Optional[float] = None     # None: the matcher's own default
     prompt: str = "none"
     meta_init: str = "none"
     # optimisation
@@ -80,6 +80,8 @@ class Config:
             raise ConfigError(f"train_way must be at least 2, got {self.train_way}")
         if self.val_episodes < 0:
             raise ConfigError(f"val_episodes must be >= 0 (0 disables validation), got {self.val_episodes}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

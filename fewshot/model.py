@@ -67,7 +67,8 @@ def count_parameters(module: nn.Module) -> dict:
 
 def _matcher_kwargs(config) -> dict:
     """Matcher options from the config: passed when the matcher takes them; a non-default value
-    for an option the matcher does not take is an error, never silently ignored."""
+    for an option the matcher does not take is an error, never silently ignored. An unset
+    option (None) leaves the matcher's own default (e.g. temperature 0.1 for the patch matchers)."""
     from .config import Config, ConfigError
 
     cls = matchers.get(config.matcher)
@@ -75,6 +76,8 @@ def _matcher_kwargs(config) -> dict:
     kwargs = {}
     for name in ("metric", "temperature"):
         value = getattr(config, name)
+        if value is None:
+            continue
         if name in accepted:
             kwargs[name] = value
         elif value != getattr(Config, name):
