@@ -141,6 +141,7 @@ def cli(verbose):
 @run_options
 @click.option("--train-way", type=int, help="Classes per training episode (default: --way).")
 @click.option("--train-shot", type=int, help="Support images per class in training (default: --shot).")
+@click.option("--train-query", type=int, help="Query images per class in training (default: --query).")
 @click.option("--episodes", type=int, help="Training episodes." + _default("episodes"))
 @click.option("--lr", type=float, help="Adam learning rate (cosine schedule)." + _default("lr"))
 @click.option("--weight-decay", type=float, help="Adam weight decay." + _default("weight_decay"))

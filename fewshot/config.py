@@ -37,6 +37,7 @@ class Config:
     query: int = 15
     train_way: Optional[int] = None         # None: same as way
     train_shot: Optional[int] = None        # None: same as shot
+    train_query: Optional[int] = None       # None: same as query
     # model
     backbone: Optional[str] = None          # None: vig_small_28 for <=32 px images, else vig_small_84
     matcher: str = "prototype"
@@ -72,7 +73,7 @@ class Config:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.way < 2:
             raise ConfigError(f"way must be at least 2, got {self.way}")
-        for name in ("train_way", "train_shot", "img_size", "threads"):
+        for name in ("train_way", "train_shot", "train_query", "img_size", "threads"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")
@@ -95,6 +96,10 @@ class Config:
     @property
     def effective_train_shot(self) -> int:
         return self.train_shot or self.shot
+
+    @property
+    def effective_train_query(self) -> int:
+        return self.train_query or self.query
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

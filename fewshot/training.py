@@ -67,7 +67,7 @@ def prepare(config: Config) -> Run:
     img_size = splits.train.image_shape[-1]
     in_chans = splits.train.image_shape[0]
     train_sampler = EpisodeSampler(splits.train, config.effective_train_way, config.effective_train_shot,
-                                   config.query, seed=config.seed)
+                                   config.effective_train_query, seed=config.seed)
     val_bank = None
     if config.val_episodes:
         val_bank = EpisodeSampler(splits.val, min(config.way, splits.val.num_classes), config.shot, config.query,

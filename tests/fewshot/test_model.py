@@ -23,3 +23,18 @@ def test_temperature_for_a_matcher_without_one_is_refused():
 def test_non_positive_temperature_is_refused():
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         Config(temperature=0.0)
+
+
+def test_training_episodes_use_the_train_sizes(tmp_path):
+    from fewshot.training import prepare
+
+    run = prepare(Config(backbone="test_vig", way=5, shot=1, query=15, train_way=7, train_shot=2, train_query=3,
+                         val_episodes=0, eval_episodes=3, track=False, run_dir=str(tmp_path / "r")))
+    ep = run.train_sampler[0]
+    assert (len(ep.classes), ep.support.numel(), ep.query.numel()) == (7, 14, 21)
+    assert (run.test_bank.way, run.test_bank.shot, run.test_bank.query_per_class) == (5, 1, 15)
+
+
+def test_non_positive_train_query_is_refused():
+    with pytest.raises(ConfigError, match="train_query"):
+        Config(train_query=0)
