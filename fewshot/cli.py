@@ -85,7 +85,7 @@ RUN_OPTIONS = [
     click.option("--way", type=int, help="Classes per episode." + _default("way")),
     click.option("--shot", type=int, help="Support images per class." + _default("shot")),
     click.option("--query", type=int, help="Query images per class." + _default("query")),
-    click.option("--backbone", help="timm name of the backbone, e.g. vig_small_28, conv4 (default: by image size)."),
+    click.option("--backbone", help="timm name of the backbone, e.g. vig_small_28, conv4 [default: conv4]."),
     click.option("--matcher", type=_choices(_list_matchers), help="How queries are scored." + _default("matcher")),
     click.option("--metric", type=click.Choice(["euclidean", "cosine"]), help="Distance of the prototype matcher." + _default("metric")),
     click.option("--temperature", type=float, help="Logits are divided by it. [default: the matcher's own: 1 for prototype, 0.1 for patch-voting and hungarian]"),
@@ -182,7 +182,7 @@ def eval_cmd(config_file, as_json, checkpoint, bank_file, progress, run_dir, **o
 
     \b
     Example:
-        fewshot eval --run-dir runs/glyphs-vig_small_28-5w1s-seed0-1a2b3c4d --shot 5
+        fewshot eval --run-dir runs/glyphs-conv4-5w1s-seed0-1a2b3c4d --shot 5
     """
     from .evaluate_run import evaluate_run, load_run_config
 

@@ -39,7 +39,7 @@ class Config:
     train_shot: Optional[int] = None        # None: same as shot
     train_query: Optional[int] = None       # None: same as query
     # model
-    backbone: Optional[str] = None          # None: vig_small_28 for <=32 px images, else vig_small_84
+    backbone: Optional[str] = None          # None: conv4 (fast); vig_small_28 / vig_small_84 for ViG
     matcher: str = "prototype"
     metric: str = "euclidean"
     temperature: Optional[float] = None     # None: the matcher's own default

@@ -86,7 +86,14 @@ def _matcher_kwargs(config) -> dict:
 
 
 def default_backbone(img_size: int) -> str:
-    return "vig_small_28" if img_size <= 32 else "vig_small_84"
+    """The backbone of a run that names none: Conv-4, the baseline every result is compared with.
+
+    It is the default because it trains in minutes on a laptop CPU: 600 glyphs episodes take
+    about a minute and reach ~90% 5-way 1-shot, where ``vig_small_28`` takes ~4 minutes for the
+    same episodes and reaches ~53% (ViG learns more slowly from scratch; see the README).
+    ``img_size`` is accepted so that a size-dependent default can come back without an API change.
+    """
+    return "conv4"
 
 
 def build_model(config, img_size: int, in_chans: int) -> EpisodicModel:
