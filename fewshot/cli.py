@@ -229,16 +229,28 @@ def data_describe(dataset, data_root, img_size):
         click.echo(f"{s:5s} fingerprint {splits[s].fingerprint}")
 
 
+def _episode_source(out_help: str, query: int):
+    """Options shared by the commands that draw episodes of one split: dataset, where it is, the
+    output file, split, way, shot, query and seed."""
+    options = [
+        click.argument("dataset", type=_choices(_list_datasets)), _data_root, _img_size,
+        click.option("--out", required=True, type=click.Path(dir_okay=False), help=out_help),
+        click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True),
+        click.option("--way", type=int, default=5, show_default=True),
+        click.option("--shot", type=int, default=1, show_default=True),
+        click.option("--query", type=int, default=query, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
 @data.command("grid")
-@click.argument("dataset", type=_choices(_list_datasets))
-@_data_root
-@_img_size
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--way", type=int, default=5, show_default=True)
-@click.option("--shot", type=int, default=1, show_default=True)
-@click.option("--query", type=int, default=5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_episode_source("PNG file to write.", query=5)
 @click.option("--episode", type=int, default=0, show_default=True, help="Index of the episode to draw.")
 def data_grid(dataset, data_root, img_size, out, split, way, shot, query, seed, episode):
     """Write a PNG of one episode: a row per class, support images first, then queries."""
@@ -252,17 +264,9 @@ def data_grid(dataset, data_root, img_size, out, split, way, shot, query, seed, 
 
 
 @data.command("bank")
-@click.argument("dataset", type=_choices(_list_datasets))
-@_data_root
-@_img_size
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write the bank to (.pt).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--way", type=int, default=5, show_default=True)
-@click.option("--shot", type=int, default=1, show_default=True)
-@click.option("--query", type=int, default=15, show_default=True)
+@_episode_source("File to write the bank to (.pt).", query=15)
 @click.option("--episodes", type=int, default=2000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def data_bank(dataset, data_root, img_size, out, split, way, shot, query, episodes, seed):
+def data_bank(dataset, data_root, img_size, out, split, way, shot, query, seed, episodes):
     """Save a fixed EpisodeBank (indices + data fingerprint) to score every method on the same episodes."""
     from episodes import EpisodeSampler, load_splits
 
