@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--shots", default="1,5")
     p.add_argument("--episodes", type=int, default=2000, help="episodes per bank")
     p.add_argument("--max-episodes", default="",
-                   help="cap for slow matchers, e.g. 'hungarian=500': it scores the FIRST n episodes of the same bank")
+                   help="cap for slow matchers, 'name=n' or 'name@way=n' (e.g. 'hungarian@20=300'): "
+                        "it scores the FIRST n episodes of the same bank")
     p.add_argument("--bank-seed", type=int, default=0)
     p.add_argument("--experiment", default="matchers")
     p.add_argument("--tracking-uri", default=None)
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     for way in _ints(args.ways):
         for shot in _ints(args.shots):
             for name in args.matchers.split(","):
-                episodes = min(args.episodes, int(caps.get(name, args.episodes)))
+                episodes = min(args.episodes, int(caps.get(f"{name}@{way}", caps.get(name, args.episodes))))
                 config = dataclasses.replace(base, matcher=name, way=way, shot=shot, eval_episodes=episodes,
                                              bank_seed=args.bank_seed, experiment=args.experiment,
                                              tracking_uri=args.tracking_uri, threads=args.threads,
