@@ -29,13 +29,16 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_ZIP_TOTAL_BYTES", "MAX_ZIP_RATIO", "decode_image", "decode_images",
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "MAX_ZIP_TOTAL_BYTES", "MAX_ZIP_RATIO", "decode_image", "decode_images",
            "read_zip_members", "list_image_files"]
 
 log = logging.getLogger(__name__)
 
 #: Image file suffixes the loaders read (compared case-insensitively).
 IMAGE_SUFFIXES: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+#: An image whose header declares more pixels than this is refused before it is decoded
+#: (8192 x 8192; PIL itself only warns below twice its own 89M-pixel limit).
+MAX_IMAGE_PIXELS = 1 << 26
 #: A zip whose members declare more than this many uncompressed bytes in all is refused.
 MAX_ZIP_TOTAL_BYTES = 2 << 30
 #: A zip member (of at least ``_RATIO_MIN_BYTES``) compressed more than this is refused.
@@ -68,11 +71,16 @@ def decode_image(data: bytes, source: str, img_size: int, channels: int) -> torc
     try:
         # (no warnings.catch_warnings here: it is not thread-safe; PIL's own bomb limit applies)
         with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{source}: image declares {img.width}x{img.height} pixels, more than the "
+                                f"{MAX_IMAGE_PIXELS} allowed (possible decompression bomb); refusing to decode it")
             img.load()  # decodes everything now: truncated data raises here, not later
             img = img.convert(_MODES[channels])
             if img.size != (img_size, img_size):
                 img = img.resize((img_size, img_size), Image.Resampling.BILINEAR)
             raw = img.tobytes()
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as e:
         raise DataError(f"{source}: not a readable image ({e.__class__.__name__}: {e}); "
                         f"the file is corrupt, truncated or not an image") from e
@@ -134,6 +142,8 @@ def _check_zip(zip_path: Path, infos: List[zipfile.ZipInfo], max_total_bytes: in
     """Refuse path traversal, duplicate members and zip bombs, using only the central directory."""
     seen = set()
     for info in infos:
+        if not info.filename:
+            raise DataError(f"{zip_path}: a member has an empty name; the zip is damaged")
         if _unsafe_member(info.filename):
             raise DataError(f"{zip_path}:{info.filename}: unsafe member path (absolute or with '..'); "
                             f"a dataset zip may only hold relative paths below its own folder")
@@ -178,7 +188,8 @@ def read_zip_members(zip_path: Union[str, os.PathLike], suffixes: Sequence[str] 
             for info in sorted(set(wanted) - set(meta), key=lambda i: i.filename):
                 out.append((info.filename, _read_member(zf, zip_path, info)))
             return out
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
+            UnicodeDecodeError) as e:  # the last two: a damaged header (version, UTF-8 name flag)
         raise DataError(f"{zip_path}: not a readable zip file ({e.__class__.__name__}: {e})") from e
 
 

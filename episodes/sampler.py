@@ -193,7 +193,11 @@ class EpisodeBank:
         except FileNotFoundError:
             raise DataError(f"{path}: episode bank file not found") from None
         except Exception as e:
-            raise DataError(f"{path}: not a fewshot episode bank ({e.__class__.__name__}: {e})") from e
+            first = str(e).splitlines()[0] if str(e) else ""  # torch's unpickling errors run to many lines
+            raise DataError(f"{path}: not a fewshot episode bank ({e.__class__.__name__}: {first})") from e
         if images is not None:
-            bank.check(images)
+            try:
+                bank.check(images)
+            except DataError as e:
+                raise DataError(f"{path}: {e}") from None
         return bank

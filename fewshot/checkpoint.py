@@ -2,16 +2,24 @@
 
 A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then
 renamed over the old one: a kill at any moment leaves either the old or the new file whole.
+A temporary file left by a killed writer (``.<name>.tmp<pid>``) is removed by the next save.
+
+Test hook: ``FEWSHOT_TEST_SAVE_DELAY=<seconds>`` sleeps inside every write, after the data is in
+the temporary file and before it is renamed, so that a test can kill a run mid-write
+(tests/reliability/test_kill_resume.py). Unset, it costs nothing.
 """
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = ["save_atomic", "load_checkpoint", "CheckpointError"]
+
+_TEST_SAVE_DELAY = os.environ.get("FEWSHOT_TEST_SAVE_DELAY")
 
 
 class CheckpointError(ValueError):
@@ -23,11 +31,15 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if _TEST_SAVE_DELAY:
+            time.sleep(float(_TEST_SAVE_DELAY))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

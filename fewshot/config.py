@@ -149,5 +149,8 @@ def load_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values, got {type(data).__name__}")
-    merge(Config(), data)  # validate keys and values early, naming the file on error
+    try:
+        merge(Config(), data)  # validate keys and values early, naming the file on error
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return data

@@ -121,6 +121,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     elif resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run.run_dir)
     run.run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run.run_dir.glob(".*.pt.tmp*"):  # temporary files of a run killed mid-write
+        stale.unlink(missing_ok=True)
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     params = count_parameters(model)
