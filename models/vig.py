@@ -47,14 +47,33 @@ BlockHook = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Opti
 LayerType = Union[str, Type[nn.Module]]
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    On torch 2.14.1 (CPU), BatchNorm2d's backward gives wrong input gradients when its input or
+    its output gradient is a strided view such as ``[B, N, D] -> [B, D, N, 1]`` by transpose
+    (``torch.autograd.gradcheck`` fails; it passes with contiguous tensors). Before this guard,
+    every ViG here trained with silently wrong gradients; see
+    ``tests/models/test_vig.py::test_vig_gradients_match_finite_differences``.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def nodes_to_conv(x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, D]`` -> ``[B, D, N, 1]``, the layout of 1x1 convolutions and BatchNorm2d."""
-    return x.transpose(1, 2).unsqueeze(-1)
+    """``[B, N, D]`` -> ``[B, D, N, 1]`` (contiguous), the layout of 1x1 convolutions and BatchNorm2d."""
+    return x.transpose(1, 2).unsqueeze(-1).contiguous()
 
 
 def conv_to_nodes(x: torch.Tensor) -> torch.Tensor:
     """``[B, D, N, 1]`` -> ``[B, N, D]``, the inverse of :func:`nodes_to_conv`."""
-    return x.squeeze(-1).transpose(1, 2)
+    return _ContiguousGrad.apply(x).squeeze(-1).transpose(1, 2)
 
 
 def _resolve_act(act_layer: LayerType) -> Type[nn.Module]:

@@ -341,3 +341,24 @@ def test_imagenet_variants_run_forward_at_224(name):
     model = seeded_model(name).eval()
     with torch.no_grad():
         assert model(images(1, 3, 224)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_vig_gradients_match_finite_differences(training):
+    """Backprop through the whole ViG equals a central finite difference (float64, every node a
+    neighbour so the graph cannot change). Guards against torch's BatchNorm2d backward bug on
+    strided views (see ``models.vig._ContiguousGrad``)."""
+    torch.manual_seed(0)
+    m = models.create_backbone("test_vig", img_size=28, in_chans=1).double().train(training)
+    for block in m.blocks:
+        block.grapher.num_knn, block.grapher.dilation = 10_000, 1
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64, requires_grad=True)
+    d = torch.randn_like(x)
+
+    def f(x):
+        return m.forward_head(m.forward_features(x), pre_logits=True).pow(2).sum()
+
+    f(x).backward()
+    with torch.no_grad():
+        fd = (f(x + 1e-6 * d) - f(x - 1e-6 * d)) / 2e-6
+    assert (x.grad * d).sum().item() == pytest.approx(fd.item(), rel=1e-5)
