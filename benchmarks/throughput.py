@@ -1,0 +1,93 @@
+"""Evaluation throughput of Conv-4 ProtoNet: our embed-once path against easyfsl's per-episode loop.
+
+Both score the same EpisodeBank of omniglot-minimal's test split with the same Conv-4 weights
+(``models.conv4``, untrained, seeded) and the same number of torch threads; easyfsl's
+``PrototypicalNetworks`` wraps our backbone and is called once per episode, as its own evaluation
+loop does. The per-episode accuracies must be identical (checked, reported as ``same``).
+
+easyfsl is not a dependency: ``bash benchmarks/setup_easyfsl.sh`` installs it (without its
+dependencies) into ``benchmarks/.easyfsl``, which this script puts on ``sys.path``.
+
+Usage:
+    python benchmarks/throughput.py --quick            # 200 episodes per bank
+    python benchmarks/throughput.py --episodes 2000    # default
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks" / ".easyfsl"))
+
+from episodes import EpisodeSampler, load_splits  # noqa: E402
+from fewshot.evaluation import evaluate  # noqa: E402
+from fewshot.model import EpisodicModel, to_input  # noqa: E402
+from matchers import PrototypeMatcher  # noqa: E402
+from models import create_backbone  # noqa: E402
+
+
+def cpu_model() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), platform.processor())
+
+
+def easyfsl_eval(backbone, images, bank) -> torch.Tensor:
+    """easyfsl's loop: per episode, process_support_set then forward on the queries."""
+    from easyfsl.methods import PrototypicalNetworks
+
+    net = PrototypicalNetworks(backbone).eval()
+    accs = torch.empty(len(bank))
+    with torch.no_grad():
+        for i in range(len(bank)):
+            ep = bank[i]
+            net.process_support_set(to_input(images.images[ep.support]), ep.support_labels)
+            pred = net(to_input(images.images[ep.query])).argmax(-1)
+            accs[i] = (pred == ep.query_labels).float().mean()
+    return accs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "omniglot"))
+    args = ap.parse_args()
+    episodes = 200 if args.quick else args.episodes
+    torch.set_num_threads(args.threads)
+    try:
+        import easyfsl  # noqa: F401
+    except ImportError:
+        sys.exit("easyfsl not found: run `bash benchmarks/setup_easyfsl.sh` first")
+    images = load_splits("omniglot", args.data_root, 28).test
+    torch.manual_seed(0)
+    backbone = create_backbone("conv4", in_chans=images.images.shape[1]).eval()
+    model = EpisodicModel(backbone, PrototypeMatcher())
+    print(f"CPU: {cpu_model()}, torch {torch.__version__}, threads {args.threads}, {episodes} episodes/bank")
+    print(f"{'setting':<16}{'distinct imgs':>14}{'ours ep/s':>11}{'easyfsl ep/s':>14}{'ratio':>8}{'same':>6}")
+    for way, shot in ((5, 1), (20, 5)):
+        bank = EpisodeSampler(images, way, shot, 15, seed=0).bank(episodes)
+        distinct = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()])).numel()
+        t = time.perf_counter()
+        ours = evaluate(model, images, bank, per_episode=False).accuracies
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        theirs = easyfsl_eval(backbone, images, bank)
+        t_theirs = time.perf_counter() - t
+        same = bool(torch.equal(ours, theirs))
+        print(f"{f'{way}-way {shot}-shot':<16}{distinct:>14}{episodes / t_ours:>11.1f}{episodes / t_theirs:>14.1f}"
+              f"{t_theirs / t_ours:>7.1f}x{str(same):>6}")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
