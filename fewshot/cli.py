@@ -91,6 +91,16 @@ RUN_OPTIONS = [
     click.option("--temperature", type=float, help="Logits are divided by it. [default: the matcher's own: 1 for prototype, 0.1 for patch-voting and hungarian]"),
     click.option("--prompt", type=_choices(_list_prompts), help="Graph prompt." + _default("prompt")),
     click.option("--meta-init", type=_choices(_list_meta_inits), help="Meta-learned prompt initialisation." + _default("meta_init")),
+    click.option("--prompt-blocks", help="Blocks to prompt: 'all' or indices such as 0,2." + _default("prompt_blocks")),
+    click.option("--prompt-nodes", type=int, help="Prompt nodes per prompted block (add, vpt, vgp, graph)." + _default("prompt_nodes")),
+    click.option("--prompt-rank", type=int, help="Rank r of VGP's low-rank prompts." + _default("prompt_rank")),
+    click.option("--prompt-keep", type=float, help="Fraction of patch nodes kept by delete / graph." + _default("prompt_keep")),
+    click.option("--adapt", type=click.Choice(["amortised", "tune", "head", "full", "linear"]),
+                 help="Per-episode adaptation: amortised (prompt as is / generated), tune (T Adam steps on the prompt), "
+                      "head, full (tune last block+norm / all backbone), linear (logistic-regression probe)." + _default("adapt")),
+    click.option("--adapt-steps", type=int, help="Tuning steps per episode." + _default("adapt_steps")),
+    click.option("--adapt-lr", type=float, help="Learning rate of the tuning steps." + _default("adapt_lr")),
+    click.option("--backbone-from", type=click.Path(dir_okay=False), help="Checkpoint (runs/<run>/best.pt) whose backbone is loaded and frozen."),
     click.option("--eval-episodes", type=int, help="Episodes in the test bank." + _default("eval_episodes")),
     click.option("--bank-seed", type=int, help="Seed of the test/val banks (keep it fixed to compare runs)." + _default("bank_seed")),
     click.option("--seed", type=int, help="Training seed." + _default("seed")),
@@ -189,10 +199,80 @@ def eval_cmd(config_file, as_json, checkpoint, bank_file, progress, run_dir, **o
     if not run_dir:
         raise click.UsageError("--run-dir is required: the folder of a trained run")
     config = build_config(config_file, options, base=load_run_config(Path(run_dir)))
+    from .distributed import is_main
     result = evaluate_run(Path(run_dir), config, checkpoint=checkpoint, bank_file=bank_file, progress=progress)
-    _emit(result, as_json, [f"test accuracy {100 * result['test_acc']:.2f} +- {100 * result['test_ci95']:.2f} % "
-                            f"({result['test_way']}-way {result['test_shot']}-shot, {result['test_episodes']} "
-                            f"episodes, bank {result['test_bank_id']})"])
+    if is_main():  # under torchrun only rank 0 prints
+        _emit(result, as_json, [f"test accuracy {100 * result['test_acc']:.2f} +- {100 * result['test_ci95']:.2f} % "
+                                f"({result['test_way']}-way {result['test_shot']}-shot, {result['test_episodes']} "
+                                f"episodes, bank {result['test_bank_id']})"])
+
+
+@cli.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--tracking-uri", help="MLflow store for run ids (default: sqlite store in ./mlruns).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table and tests as one JSON object.")
+def compare_cmd(runs, tracking_uri, as_json):
+    """Accuracy table and paired tests (t-test, Wilcoxon) for runs scored on the same EpisodeBank.
+
+    \b
+    RUNS are run folders (runs/<name>, runs/<name>/eval-best-<bank>) or MLflow run ids.
+    Example:
+        fewshot compare runs/glyphs-conv4-a runs/glyphs-vig-b
+    """
+    from .compare import compare, format_table, load_run
+
+    report = compare([load_run(r, tracking_uri) for r in runs])
+    _emit(report, as_json, [] if as_json else format_table(report))
+
+
+@cli.group(cls=_Group)
+def plot():
+    """Figures of trained runs (PNG, also logged to MLflow)."""
+
+
+@plot.command("shots")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Folder of a trained run.")
+@click.option("--shots", default="1,2,5,10", show_default=True, help="Comma-separated shots to evaluate.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--eval-episodes", type=int, help="Episodes per shot (default: the run's).")
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG to write (default: RUN_DIR/accuracy_vs_shot.png).")
+@click.option("--track/--no-track", default=None, help="Track the evaluations and the figure (default: as the run).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as one JSON object.")
+def plot_shots(run_dir, shots, checkpoint, eval_episodes, out, track, as_json):
+    """Evaluate a trained run at several shots on its test split and plot accuracy against shot.
+
+    \b
+    Example:
+        fewshot plot shots --run-dir runs/glyphs-conv4-5w1s-seed0-1a2b3c4d --shots 1,2,5,10
+    """
+    from .evaluate_run import evaluate_run, load_run_config
+    from .plots import accuracy_vs_shot
+    from .tracking import make_tracker
+
+    try:
+        shot_list = sorted({int(s) for s in shots.split(",") if s.strip()})
+    except ValueError:
+        raise click.BadParameter(f"{shots!r} is not a comma-separated list of integers", param_hint="--shots")
+    if not shot_list or min(shot_list) < 1:
+        raise click.BadParameter("shots must be positive integers", param_hint="--shots")
+    base = load_run_config(Path(run_dir))
+    changes = {k: v for k, v in {"track": track, "eval_episodes": eval_episodes}.items() if v is not None}
+    rows = []
+    for shot in shot_list:
+        res = evaluate_run(Path(run_dir), merge(base, {**changes, "shot": shot}), checkpoint=checkpoint, progress=False)
+        rows.append({"shot": shot, "acc": res["test_acc"], "ci95": res["test_ci95"], "way": res["test_way"],
+                     "episodes": res["test_episodes"], "bank_id": res["test_bank_id"], "eval_dir": res["eval_dir"]})
+        click.echo(f"{shot:>3}-shot: {100 * res['test_acc']:.2f} +- {100 * res['test_ci95']:.2f} %", err=as_json)
+    out = Path(out or Path(run_dir) / "accuracy_vs_shot.png")
+    accuracy_vs_shot(rows, out, title=f"{Path(run_dir).name} ({rows[0]['way']}-way, {rows[0]['episodes']} episodes)")
+    cfg = merge(base, changes)
+    tracker = make_tracker(cfg.track, cfg.tracking_uri, cfg.experiment)
+    tracker.start(f"shots-{Path(run_dir).name}", {"run_dir": str(run_dir), "shots": shots, "checkpoint": checkpoint},
+                  tags={"command": "plot shots"})
+    tracker.log_artifact(out)
+    tracker.log_dict({"rows": rows}, "accuracy_vs_shot.json")
+    tracker.end("FINISHED")
+    _emit({"rows": rows, "png": str(out), "mlflow_run_id": tracker.run_id}, as_json, [f"wrote {out}"])
 
 
 @cli.group(cls=_Group)
@@ -252,15 +332,31 @@ def _episode_source(out_help: str, query: int):
 @data.command("grid")
 @_episode_source("PNG file to write.", query=5)
 @click.option("--episode", type=int, default=0, show_default=True, help="Index of the episode to draw.")
-def data_grid(dataset, data_root, img_size, out, split, way, shot, query, seed, episode):
-    """Write a PNG of one episode: a row per class, support images first, then queries."""
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Frame queries green/red by this trained run's predictions.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which weights of --run-dir predict.")
+def data_grid(dataset, data_root, img_size, out, split, way, shot, query, seed, episode, run_dir, checkpoint):
+    """Write a PNG of one episode: a row per class, support images first, then queries.
+
+    With --run-dir, each query is framed green (predicted right) or red (wrong, with "->k", the
+    predicted row k, written on it).
+    """
     from episodes import EpisodeSampler, load_splits
     from .plots import episode_grid
 
     images = load_splits(dataset, data_root, img_size)[split]
     ep = EpisodeSampler(images, way, shot, query, seed=seed)[episode]
-    episode_grid(images, ep, out)
-    click.echo(f"wrote {out}: {way} classes x ({shot} support + {query} query), episode {episode} of seed {seed}")
+    pred, note = None, ""
+    if run_dir:
+        from .evaluate_run import load_run_config, load_trained_model
+        import torch
+        model, _ = load_trained_model(Path(run_dir), load_run_config(Path(run_dir)), images, checkpoint)
+        model.eval()
+        with torch.inference_mode():
+            pred = model(images.images[ep.support], ep.support_labels, images.images[ep.query]).argmax(-1)
+        note = f"; {int((pred == ep.query_labels).sum())}/{pred.numel()} queries right"
+    episode_grid(images, ep, out, predictions=pred)
+    click.echo(f"wrote {out}: {way} classes x ({shot} support + {query} query), episode {episode} of seed {seed}{note}")
 
 
 @data.command("bank")

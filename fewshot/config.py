@@ -15,7 +15,10 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_yaml", "merge"]
+__all__ = ["Config", "ConfigError", "load_yaml", "merge", "ADAPT_MODES"]
+
+ADAPT_MODES = ("amortised", "tune", "head", "full", "linear")
+"""Ways a frozen backbone is adapted per episode (see :mod:`fewshot.prompting`)."""
 
 
 class ConfigError(ValueError):
@@ -45,6 +48,14 @@ class Config:
     temperature: Optional[float] = None     # None: the matcher's own default
     prompt: str = "none"
     meta_init: str = "none"
+    prompt_blocks: str = "all"              # "all" or comma-separated block indices, e.g. "0,2"
+    prompt_nodes: int = 4                   # M prompt nodes per prompted block (add, vpt, vgp, graph)
+    prompt_rank: int = 8                    # VGP's rank r
+    prompt_keep: float = 0.75               # fraction of patch nodes kept by delete / graph
+    adapt: str = "amortised"                # amortised | tune | head | full | linear (fewshot.prompting)
+    adapt_steps: int = 10                   # T tuning steps per test episode (tune, head, full)
+    adapt_lr: float = 1e-2                  # Adam lr of those steps
+    backbone_from: Optional[str] = None     # checkpoint whose backbone is loaded and frozen
     # optimisation
     episodes: int = 600
     lr: float = 1e-3
@@ -85,8 +96,32 @@ class Config:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        self._check_prompting()
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def _check_prompting(self) -> None:
+        if self.adapt not in ADAPT_MODES:
+            raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        spec = str(self.prompt_blocks).strip().lower()
+        if spec != "all" and not all(p.strip().isdigit() for p in spec.split(",")):
+            raise ConfigError(f"prompt_blocks must be 'all' or comma-separated block indices such as 0,2, "
+                              f"got {self.prompt_blocks!r}")
+        for name in ("prompt_nodes", "prompt_rank", "adapt_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if not 0 < self.prompt_keep <= 1:
+            raise ConfigError(f"prompt_keep must be in (0, 1], got {self.prompt_keep}")
+        if not self.adapt_lr > 0:
+            raise ConfigError(f"adapt_lr must be > 0, got {self.adapt_lr}")
+        if self.adapt in ("head", "full", "linear") and self.prompt != "none":
+            raise ConfigError(f"--adapt {self.adapt} is a baseline on the bare backbone; use it with --prompt none")
+
+    @property
+    def prompted(self) -> bool:
+        """True when the run builds a PromptedModel (frozen backbone) instead of an EpisodicModel."""
+        return self.prompt != "none" or self.adapt != "amortised" or self.backbone_from is not None
 
     # ----- derived values -----------------------------------------------------------------
     @property

@@ -13,13 +13,15 @@ import yaml
 from episodes import EpisodeBank, EpisodeSampler, load_splits
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .compare import write_scores
+from .distributed import is_main, setup, world_size
 from .config import Config, ConfigError, merge
 from .evaluation import evaluate
 from .model import build_model, count_parameters, default_backbone
 from .tracking import make_tracker
 from .training import resolve_device
 
-__all__ = ["load_run_config", "evaluate_run"]
+__all__ = ["load_run_config", "load_trained_model", "evaluate_run"]
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +34,13 @@ def load_run_config(run_dir: Path) -> Config:
     return merge(Config(), yaml.safe_load(path.read_text()) or {})
 
 
-def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
-                 progress: bool = True) -> dict:
-    """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
-    device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
-    test = splits.test
-    if bank_file:
-        bank = EpisodeBank.load(bank_file, test)
-    else:
-        bank = EpisodeSampler(test, config.way, config.shot, config.query, seed=config.bank_seed).bank(config.eval_episodes)
-    img_size, in_chans = test.image_shape[-1], test.image_shape[0]
+def load_trained_model(run_dir: Path, config: Config, images, checkpoint: str = "best"):
+    """``(model on CPU with run_dir/{checkpoint}.pt loaded, checkpoint path)`` for images like ``images``."""
+    img_size, in_chans = images.image_shape[-1], images.image_shape[0]
     model = build_model(config, img_size, in_chans)
+    if config.prompted:  # frozen backbone + prompt, as the run was trained (fewshot.prompting)
+        from .prompting import build_prompted_model
+        model = build_prompted_model(config, model.backbone, model.matcher)
     path = Path(run_dir) / f"{checkpoint}.pt"
     state = load_checkpoint(path)["model"]
     try:
@@ -54,8 +49,27 @@ def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_f
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{path} does not fit backbone {config.backbone or default_backbone(img_size)!r} "
                               f"with matcher {config.matcher!r} ({first})") from None
+    return model, path
+
+
+def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
+                 progress: bool = True) -> dict:
+    """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
+    setup(config.threads or 1)  # joins torchrun's process group when WORLD_SIZE > 1; no-op otherwise
+    device = resolve_device(config.device)
+    if world_size() > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
+    test = splits.test
+    if bank_file:
+        bank = EpisodeBank.load(bank_file, test)
+    else:
+        bank = EpisodeSampler(test, config.way, config.shot, config.query, seed=config.bank_seed).bank(config.eval_episodes)
+    model, path = load_trained_model(run_dir, config, test, checkpoint)
     model.to(device)
-    tracker = make_tracker(config.track, config.tracking_uri, config.experiment)
+    tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment)  # torchrun: rank 0 tracks
     params = count_parameters(model)
     tracker.start(f"eval-{Path(run_dir).name}", {**config.to_dict(), "checkpoint": str(path),
                                                  "test_bank_id": bank.bank_id, **{f"{k}_params": v for k, v in params.items()}},
@@ -70,6 +84,10 @@ def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_f
         tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95}, step=0)
         tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
         tracker.log_dict(result, "result.json")
+        out = Path(run_dir) / f"eval-{checkpoint}-{bank.bank_id}"  # for `fewshot compare`, also with --no-track
+        result["eval_dir"] = str(out)
+        if is_main():
+            write_scores(out, res.accuracies.tolist(), result)
         status = "FINISHED"
         return result
     finally:

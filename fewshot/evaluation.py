@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 
 from episodes import EpisodeBank, ImageSet
 
+from .distributed import gather_in_order, shard
+
 __all__ = ["EvalResult", "evaluate", "summarise", "autocast_for"]
 
 
@@ -90,15 +92,17 @@ def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | 
     model.eval()
     if per_episode is None:
         per_episode = not model.episode_independent
-    accs = torch.empty(len(bank))
+    mine = shard(len(bank))  # under torchrun each rank scores its share; gathered in bank order below
+    accs = torch.empty(len(mine))
     try:
         if not per_episode:
-            ids = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()]))
+            sl = slice(mine.start, mine.stop)
+            ids = torch.unique(torch.cat([bank.support[sl].flatten(), bank.query[sl].flatten()]))
             feats = _embed_all(model, images, ids, device, batch_size, progress)
             where = torch.full((len(images),), -1, dtype=torch.long)
             where[ids] = torch.arange(ids.numel())
             where = where.to(device)
-        for i in tqdm(range(len(bank)), desc="evaluate", disable=not progress, leave=False):
+        for k, i in enumerate(tqdm(mine, desc="evaluate", disable=not progress, leave=False)):
             ep = bank[i]
             s_lab = ep.support_labels.to(device)
             q_lab = ep.query_labels.to(device)
@@ -107,7 +111,8 @@ def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | 
                     logits = model(images.images[ep.support].to(device), s_lab, images.images[ep.query].to(device))
             else:
                 logits = model.matcher(feats[where[ep.support.to(device)]], s_lab, feats[where[ep.query.to(device)]])
-            accs[i] = (logits.argmax(-1) == q_lab).float().mean().cpu()
+            accs[k] = (logits.argmax(-1) == q_lab).float().mean().cpu()
     finally:
         model.train(was_training)
+    accs = gather_in_order(accs, len(bank))
     return EvalResult(accs, bank.way, bank.shot, bank.query_per_class, bank.bank_id)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from episodes import EpisodeSampler, dataset_info, episode_seed, load_splits
 
 from .checkpoint import load_checkpoint, save_atomic
+from .compare import write_scores
 from .config import Config, ConfigError
 from .evaluation import autocast_for, evaluate
 from .model import build_model, count_parameters, default_backbone
@@ -75,7 +76,11 @@ def prepare(config: Config) -> Run:
     test_bank = EpisodeSampler(splits.test, config.way, config.shot, config.query,
                                seed=config.bank_seed).bank(config.eval_episodes)
     torch.manual_seed(config.seed)
-    model = build_model(config, img_size, in_chans).to(device)
+    model = build_model(config, img_size, in_chans)
+    if config.prompted:  # frozen (loaded) backbone + prompt, adapted per episode
+        from .prompting import build_prompted_model
+        model = build_prompted_model(config, model.backbone, model.matcher)
+    model = model.to(device)
     backbone_name = config.backbone or default_backbone(img_size)
     run_dir = Path(config.run_dir or Path("runs") / config.default_run_name(backbone_name))
     log.info("dataset %s (%s)\n%s", info.name, info.description, splits.describe())
@@ -111,7 +116,11 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """Train, select on validation, evaluate on the test bank; return the result dictionary."""
     run = prepare(config)
     model, device = run.model, run.device
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # only trainable parameters (a prompted model's backbone is frozen); a model with none (e.g.
+    # --prompt none --adapt linear) skips the training loop and is only evaluated
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable or [torch.nn.Parameter(torch.zeros(0))], lr=config.lr,
+                           weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.episodes)
     last, best_path = run.run_dir / "last.pt", run.run_dir / "best.pt"
     step, best, run_id = 0, {"acc": -1.0, "step": -1}, None
@@ -137,7 +146,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
     status = "FAILED"
     try:
-        step = _train_loop(run, opt, sched, step, best, tracker, progress)
+        if trainable:
+            step = _train_loop(run, opt, sched, step, best, tracker, progress)
         result = _final_evaluation(run, best, tracker, progress)
         status = "FINISHED"
         return result
@@ -207,6 +217,11 @@ def _final_evaluation(run: Run, best: dict, tracker, progress: bool) -> dict:
     tracker.log_metrics({"test_acc": test.mean, "test_ci95": test.ci95, "eval_seconds": eval_s}, step=config.episodes)
     tracker.log_text("\n".join(f"{a:.6f}" for a in test.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
     tracker.log_dict(result, "result.json")
-    (run.run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    write_scores(run.run_dir, test.accuracies.tolist(), result)  # result.json + per-episode accuracies
+    if getattr(tracker, "tracking_uri", None) and tracker.run_id:  # curves come from the MLflow history
+        from .plots import learning_curves, mlflow_history
+        png = learning_curves(mlflow_history(tracker.tracking_uri, tracker.run_id), run.run_dir / "learning_curves.png",
+                              title=f"{run.run_dir.name}: test {test}")
+        tracker.log_artifact(png)
     log.info("test accuracy: %s", test)
     return result

@@ -24,6 +24,7 @@ through the one pair of helpers ``nodes_to_conv`` / ``conv_to_nodes``.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Callable, Optional, Tuple, Type, Union
 
@@ -38,11 +39,14 @@ from .layers import check_node_mask, masked_mean
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "MaxRelativeGraphConv", "Stem",
-    "knn_graph", "effective_knn", "nodes_to_conv", "conv_to_nodes", "BlockHook",
+    "knn_graph", "effective_knn", "nodes_to_conv", "conv_to_nodes", "BlockHook", "GraphHook",
 ]
 
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 """``hook(block_idx, x: [B, N, D], node_mask: [B, N] bool) -> (x: [B, N', D], node_mask: [B, N'] or None)``."""
+
+GraphHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``hook(block_idx, h: [B, N, D], neighbours: [B, N, k]) -> h: [B, N, D]``, inside the Grapher."""
 
 LayerType = Union[str, Type[nn.Module]]
 
@@ -212,10 +216,19 @@ class Grapher(nn.Module):
         check_node_mask(node_mask, x)
         return knn_graph(self._project(x), self.num_knn, self.dilation, node_mask)
 
-    def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: ``[B, N, D]``, node_mask: ``[B, N]`` bool -> ``[B, N, D]``."""
+    def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None,
+                graph_hook: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """x: ``[B, N, D]``, node_mask: ``[B, N]`` bool -> ``[B, N, D]``.
+
+        ``graph_hook(h [B, N, D], neighbours [B, N, k]) -> h'`` (optional) sees the projected
+        features and the k-NN graph just built and returns the features the graph convolution
+        mixes (an edge prompt, e.g. VGP's, needs the neighbour indices).
+        """
         h = self._project(x)
-        h = self.fc_out(self.graph_conv(h, knn_graph(h, self.num_knn, self.dilation, node_mask)))
+        neighbours = knn_graph(h, self.num_knn, self.dilation, node_mask)
+        if graph_hook is not None:
+            h = graph_hook(h, neighbours)
+        h = self.fc_out(self.graph_conv(h, neighbours))
         return x + self.drop_path(conv_to_nodes(h))
 
 
@@ -267,9 +280,10 @@ class ViGBlock(nn.Module):
         self.grapher = Grapher(dim, num_knn, dilation, act_layer, drop_path)
         self.ffn = FFN(dim, ffn_hidden, act_layer, drop_path)
 
-    def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: ``[B, N, D]``, node_mask: ``[B, N]`` bool -> ``[B, N, D]``."""
-        return self.ffn(self.grapher(x, node_mask))
+    def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None,
+                graph_hook: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """x: ``[B, N, D]``, node_mask: ``[B, N]`` bool -> ``[B, N, D]``; ``graph_hook``: see :meth:`Grapher.forward`."""
+        return self.ffn(self.grapher(x, node_mask, graph_hook))
 
 
 class Stem(nn.Module):
@@ -446,6 +460,7 @@ class VisionGNN(nn.Module):
             node_mask: Optional[torch.Tensor] = None,
             block_hook: Optional[BlockHook] = None,
             return_mask: bool = False,
+            graph_hook: Optional[GraphHook] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
         """Images to node features.
 
@@ -457,6 +472,9 @@ class VisionGNN(nn.Module):
                 given); returns ``(x: [B, N', D], node_mask: [B, N'] or None)``. It may append
                 nodes (prompts), change features or change the mask.
             return_mask: also return the mask in force after the last block.
+            graph_hook: called as ``graph_hook(i, h, neighbours)`` inside block i's Grapher, after
+                the k-NN graph ``neighbours: [B, N, k]`` is built over the projected features
+                ``h: [B, N, D]``; returns the ``[B, N, D]`` features the graph convolution mixes.
 
         Returns:
             nodes: ``[B, N, D]``; with ``return_mask``, ``(nodes, node_mask)`` where node_mask is
@@ -475,7 +493,7 @@ class VisionGNN(nn.Module):
                 if node_mask is None:
                     node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
                 x, node_mask = _apply_hook(block_hook, i, x, node_mask)
-            x = block(x, node_mask)
+            x = block(x, node_mask, None if graph_hook is None else functools.partial(graph_hook, i))
         x = conv_to_nodes(self.norm(nodes_to_conv(x)))
         return (x, node_mask) if return_mask else x
 

@@ -1,21 +1,21 @@
 """Graph prompts for ViG backbones.
 
 A prompt acts on the patch graph of chosen Grapher blocks (add prompt nodes, modify node
-features, delete nodes) through the backbone's ``block_hook``. Only ``none`` (no prompt) is
-available so far; the support-generated prompts, the VPT / GPF / GPF-plus / VGP baselines and the
-meta-learned initialisations register themselves here as they land.
+features, delete nodes) through the backbone's hooks; see :mod:`prompts.base` for the interface
+(``Prompt``), the registry (``create``, ``register_prompt``, ``list_prompts``) and shapes.
+Families: ``add`` (support-generated prompt nodes), ``modify`` / ``gpf`` / ``gpf-plus`` (feature
+prompts), ``delete`` (node deletion), ``graph`` (all three), ``vpt`` / ``vpt-shallow`` (free
+virtual nodes) and ``vgp`` (Ai, Liu and Zhou, ICML 2025).
 """
 from __future__ import annotations
 
-__all__ = ["list_prompts", "list_meta_inits"]
+from .base import Prompt, accepted_options, create, get, list_prompts, parse_blocks, register_prompt
+from . import add_nodes, delete_nodes, graph, modify_nodes, vgp, vpt  # noqa: F401  (register the families)
 
-_PROMPTS = ("none",)
+__all__ = ["Prompt", "create", "get", "list_prompts", "register_prompt", "parse_blocks", "accepted_options",
+           "list_meta_inits"]
+
 _META_INITS = ("none",)
-
-
-def list_prompts() -> list:
-    """Names accepted by ``--prompt``."""
-    return list(_PROMPTS)
 
 
 def list_meta_inits() -> list:

@@ -1,0 +1,173 @@
+"""``fewshot compare``: accuracy table and paired tests for runs scored on the same EpisodeBank.
+
+A run is a folder holding ``result.json`` and ``test_episode_accuracies.txt`` (a training run's
+``runs/<name>`` or an evaluation's ``runs/<name>/eval-<checkpoint>-<bank_id>``) or an MLflow run id
+whose artifacts hold the same two files. Per-episode accuracies are paired by episode index, which
+is valid because every run was scored on the identical bank (same ``test_bank_id``).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["CompareError", "RunScores", "load_run", "check_same_bank", "paired_test", "compare",
+           "format_table", "write_scores"]
+
+ACC_FILE = "test_episode_accuracies.txt"
+RESULT_FILE = "result.json"
+
+
+class CompareError(ValueError):
+    """A run cannot be loaded or compared (no per-episode accuracies, different banks)."""
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """One run's per-episode test accuracies ``[episodes]`` and the bank they were scored on."""
+
+    name: str
+    accuracies: np.ndarray
+    bank_id: str
+    way: int
+    shot: int
+
+    @property
+    def mean(self) -> float:
+        return float(self.accuracies.mean())
+
+    @property
+    def ci95(self) -> float:
+        n = self.accuracies.size
+        return 1.96 * float(self.accuracies.std(ddof=1)) / math.sqrt(n) if n > 1 else 0.0
+
+
+def write_scores(folder: Path, accuracies: Sequence[float], result: dict) -> None:
+    """Store ``result.json`` and ``test_episode_accuracies.txt`` (one accuracy per line) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ACC_FILE).write_text("".join(f"{float(a):.6f}\n" for a in accuracies))
+    (folder / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
+
+
+def _parse(name: str, acc_text: str, result: dict, source: str) -> RunScores:
+    try:
+        accs = np.array([float(x) for x in acc_text.split()], dtype=np.float64)
+    except ValueError:
+        raise CompareError(f"{source}: {ACC_FILE} is not one accuracy per line") from None
+    if accs.size == 0:
+        raise CompareError(f"{source}: {ACC_FILE} holds no per-episode accuracies")
+    if "test_bank_id" not in result:
+        raise CompareError(f"{source}: {RESULT_FILE} has no test_bank_id")
+    if result.get("test_episodes") not in (None, accs.size):
+        raise CompareError(f"{source}: {ACC_FILE} has {accs.size} accuracies but {RESULT_FILE} says "
+                           f"{result['test_episodes']} episodes")
+    return RunScores(name, accs, str(result["test_bank_id"]), int(result.get("test_way", 0)),
+                     int(result.get("test_shot", 0)))
+
+
+def load_run(ref: str, tracking_uri: Optional[str] = None) -> RunScores:
+    """Load a run folder or, if ``ref`` is not a folder, the MLflow run with that id."""
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / ACC_FILE).is_file() or not (path / RESULT_FILE).is_file():
+            raise CompareError(f"{path}: no per-episode accuracies ({ACC_FILE} and {RESULT_FILE}); "
+                               "train or `fewshot eval` the run first")
+        try:
+            result = json.loads((path / RESULT_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise CompareError(f"{path / RESULT_FILE}: not JSON ({e})") from None
+        return _parse(path.name, (path / ACC_FILE).read_text(), result, str(path))
+    return _load_mlflow(ref, tracking_uri)
+
+
+def _load_mlflow(run_id: str, tracking_uri: Optional[str]) -> RunScores:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from .tracking import _quiet_mlflow_logs, default_tracking_uri
+
+    _quiet_mlflow_logs()
+    uri = tracking_uri or default_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+        acc_text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{ACC_FILE}")
+        result = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{RESULT_FILE}")
+    except (MlflowException, OSError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CompareError(f"{run_id}: not a run folder, and no MLflow run with per-episode accuracies "
+                           f"in {uri} ({first})") from None
+    return _parse(run.info.run_name or run_id, acc_text, result, f"MLflow run {run_id}")
+
+
+def check_same_bank(runs: Sequence[RunScores]) -> None:
+    """Raise :class:`CompareError` unless every run was scored on the same bank."""
+    ids = {r.bank_id for r in runs}
+    if len(ids) > 1:
+        detail = ", ".join(f"{r.name}: {r.bank_id}" for r in runs)
+        raise CompareError(f"runs were evaluated on different episode banks ({detail}); "
+                           "score them on one bank with `fewshot eval --bank`")
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> dict:
+    """Paired comparison of per-episode accuracies ``a`` and ``b`` (both ``[episodes]``).
+
+    Returns the mean difference ``a - b`` with its 95% CI (t distribution), the paired t-test and
+    the Wilcoxon signed-rank p-values. When every difference is zero both p-values are 1.0 (no
+    evidence of a difference) instead of scipy's NaN / error.
+    """
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = d.size
+    mean = float(d.mean())
+    if n < 2:
+        raise CompareError("a paired test needs at least 2 episodes")
+    if np.all(d == 0):
+        return {"mean_diff": 0.0, "diff_ci95": 0.0, "t_stat": 0.0, "t_p": 1.0, "wilcoxon_stat": 0.0,
+                "wilcoxon_p": 1.0, "episodes": n}
+    sem = float(d.std(ddof=1)) / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * sem
+    w = stats.wilcoxon(a, b, zero_method="wilcox")
+    if sem == 0:  # constant non-zero difference: t is infinite, the difference is certain
+        t_stat, t_p = math.copysign(math.inf, mean), 0.0
+    else:
+        t = stats.ttest_rel(a, b)
+        t_stat, t_p = float(t.statistic), float(t.pvalue)
+    return {"mean_diff": mean, "diff_ci95": half, "t_stat": t_stat, "t_p": t_p,
+            "wilcoxon_stat": float(w.statistic), "wilcoxon_p": float(w.pvalue), "episodes": n}
+
+
+def compare(runs: Sequence[RunScores]) -> dict:
+    """Table and pairwise tests for ``runs`` (all on one bank); JSON-serialisable."""
+    if len(runs) < 2:
+        raise CompareError("compare needs at least two runs")
+    check_same_bank(runs)
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # same folder name twice (e.g. eval folders): number them
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    table = [{"run": n, "acc": r.mean, "ci95": r.ci95, "way": r.way, "shot": r.shot,
+              "episodes": int(r.accuracies.size), "bank_id": r.bank_id} for n, r in zip(names, runs)]
+    pairs = [{"a": names[i], "b": names[j], **paired_test(runs[i].accuracies, runs[j].accuracies)}
+             for i, j in itertools.combinations(range(len(runs)), 2)]
+    return {"bank_id": runs[0].bank_id, "runs": table, "pairs": pairs}
+
+
+def format_table(report: dict) -> list:
+    """Human-readable lines for :func:`compare`'s report."""
+    w = max(len(r["run"]) for r in report["runs"])
+    lines = [f"{'run':<{w}}  {'accuracy (95% CI)':>18}  way  shot  episodes  bank"]
+    for r in report["runs"]:
+        lines.append(f"{r['run']:<{w}}  {100 * r['acc']:7.2f} +- {100 * r['ci95']:5.2f} %  {r['way']:>3}  "
+                     f"{r['shot']:>4}  {r['episodes']:>8}  {r['bank_id']}")
+    lines.append("")
+    lines.append("paired tests on per-episode accuracies (difference = a - b):")
+    for p in report["pairs"]:
+        lines.append(f"{p['a']} vs {p['b']}: diff {100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} %, "
+                     f"t-test p={p['t_p']:.3g}, Wilcoxon p={p['wilcoxon_p']:.3g}")
+    return lines

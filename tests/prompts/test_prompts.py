@@ -1,0 +1,263 @@
+"""Graph prompts: node counts, deletion, gradients, shapes, determinism (tiny test_vig backbone)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import matchers
+import models
+import prompts
+from fewshot.prompting import PromptedModel, freeze
+from prompts.delete_nodes import block_masks, topk_mask
+
+WAY, SHOT = 3, 2
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return freeze(models.create_backbone("test_vig")).eval()
+
+
+@pytest.fixture(scope="module")
+def episode():
+    g = torch.Generator().manual_seed(1)
+    support = torch.randn(WAY * SHOT, 1, 28, 28, generator=g)
+    labels = torch.arange(WAY).repeat_interleave(SHOT)
+    query = torch.randn(4, 1, 28, 28, generator=g)
+    return support, labels, query
+
+
+def conditioned(prompt, backbone, support, labels):
+    with torch.no_grad():
+        prompt.set_episode(backbone.forward_features(support), labels)
+    return prompt
+
+
+def test_registry_lists_every_family_and_rejects_unknown_options(backbone):
+    assert set(prompts.list_prompts()) >= {"none", "add", "modify", "delete", "graph", "vpt", "vpt-shallow",
+                                           "gpf", "gpf-plus", "vgp"}
+    with pytest.raises(ValueError, match="takes no option"):
+        prompts.create("gpf", backbone, num_nodes=3)
+    with pytest.raises(ValueError, match="unknown prompt"):
+        prompts.create("nope", backbone)
+
+
+@pytest.mark.parametrize("spec,expected", [("all", (0, 1)), ("1", (1,)), ("1,0", (0, 1)), ([0], (0,))])
+def test_parse_blocks(spec, expected):
+    assert prompts.parse_blocks(spec, 2) == expected
+
+
+def test_parse_blocks_rejects_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        prompts.parse_blocks("0,4", 2)
+
+
+def test_conv_backbone_is_refused():
+    with pytest.raises(ValueError, match="ViG"):
+        prompts.create("gpf", models.create_backbone("conv4"))
+
+
+@pytest.mark.parametrize("name,extra", [("add", 3), ("vpt", 3), ("vgp", 3), ("graph", 3), ("vpt-shallow", 3)])
+def test_adding_m_nodes_grows_prompted_blocks_by_m(backbone, episode, name, extra):
+    support, labels, _ = episode
+    prompt = prompts.create(name, backbone, blocks="1" if name != "vpt-shallow" else "0", num_nodes=extra)
+    conditioned(prompt, backbone, support, labels)
+    seen = {}
+    grapher = backbone.blocks[1].grapher
+    handle = grapher.register_forward_pre_hook(lambda mod, args: seen.update(n=args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            nodes, mask = prompt.forward_nodes(backbone, support)
+    finally:
+        handle.remove()
+    n0 = prompt.num_patch_nodes
+    assert seen["n"] == n0 + extra
+    assert nodes.shape == (WAY * SHOT, n0, backbone.embed_dim)
+    assert backbone.forward_head(nodes, pre_logits=True, node_mask=mask).shape == (WAY * SHOT, backbone.embed_dim)
+
+
+def test_unprompted_blocks_keep_n0_nodes(backbone, episode):
+    support, labels, _ = episode
+    prompt = conditioned(prompts.create("add", backbone, blocks="1", num_nodes=5), backbone, support, labels)
+    sizes = []
+    h = backbone.blocks[0].grapher.register_forward_pre_hook(lambda m, a: sizes.append(a[0].shape[1]))
+    try:
+        with torch.no_grad():
+            prompt.forward_nodes(backbone, support)
+    finally:
+        h.remove()
+    assert sizes == [prompt.num_patch_nodes]
+
+
+@pytest.mark.parametrize("name", ["delete", "graph"])
+def test_deleted_node_is_never_a_neighbour_and_does_not_change_pooling(backbone, episode, name):
+    support, labels, _ = episode
+    prompt = conditioned(prompts.create(name, backbone, blocks="all", keep=0.5), backbone, support, labels).eval()
+    graphs = []
+
+    def capture(i, h, neighbours):
+        graphs.append(neighbours)
+        return h
+
+    prompt.uses_graph_hook = True
+    prompt.graph_hook = capture
+    with torch.no_grad():
+        nodes, mask = prompt.forward_nodes(backbone, support)
+    assert mask is not None and int((~mask).sum()) > 0
+    n0 = prompt.num_patch_nodes
+    deleted = [set((~mask[b]).nonzero().flatten().tolist()) for b in range(mask.shape[0])]
+    assert len(graphs) == len(backbone.blocks)
+    for nb in graphs:
+        for b in range(nb.shape[0]):
+            assert not deleted[b] & set(nb[b].flatten().tolist())
+    pooled = backbone.forward_head(nodes, pre_logits=True, node_mask=mask)
+
+    # scramble the deleted nodes' features right after they are deleted: the output must not move
+    hook = prompt.block_hook
+
+    def scrambling(i, x, node_mask):
+        x, node_mask = hook(i, x, node_mask)
+        noise = torch.randn_like(x) * 100
+        return torch.where(node_mask.unsqueeze(-1), x, noise), node_mask
+
+    prompt.block_hook = scrambling
+    with torch.no_grad():
+        nodes2, mask2 = prompt.forward_nodes(backbone, support)
+    assert torch.equal(mask, mask2)
+    torch.testing.assert_close(backbone.forward_head(nodes2, pre_logits=True, node_mask=mask2), pooled)
+    # and the pooled embedding is the mean of the kept patch nodes only
+    for b in range(nodes.shape[0]):
+        torch.testing.assert_close(pooled[b], nodes[b][mask[b]].mean(0))
+    assert nodes.shape[1] == n0
+
+
+def test_delete_keeps_exactly_ceil_keep_n0(backbone, episode):
+    support, labels, _ = episode
+    prompt = conditioned(prompts.create("delete", backbone, keep=0.3), backbone, support, labels).eval()
+    with torch.no_grad():
+        _, mask = prompt.forward_nodes(backbone, support)
+    assert mask.sum(1).tolist() == [15] * support.shape[0]  # ceil(0.3 * 49)
+
+
+def test_topk_mask_and_block_masks():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.3]])
+    assert topk_mask(scores, 2).tolist() == [[False, True, True, False]]
+    m = block_masks(4, (7, 7), 0.25, torch.Generator().manual_seed(0))
+    assert m.shape == (4, 49) and bool(m.any(1).all()) and int((~m).sum(1).min()) == 16  # 4x4 blocks
+
+
+@pytest.mark.parametrize("name", [n for n in prompts.list_prompts() if n != "none"])
+def test_frozen_backbone_gets_no_gradient_and_every_prompt_parameter_does(backbone, episode, name):
+    support, labels, query = episode
+    prompt = prompts.create(name, backbone)
+    model = PromptedModel(backbone, prompt, matchers.create("prototype")).train()
+    # nudge zero-initialised outputs so every parameter is on a path with non-zero upstream
+    with torch.no_grad():
+        for p in prompt.parameters():
+            if p.abs().sum() == 0:
+                p.add_(0.01)
+    logits = model(support, labels, query)
+    (logits.logsumexp(-1).sum() + logits[:, 0].sum()).backward()
+    assert all(p.grad is None for p in backbone.parameters())
+    missing = [n for n, p in prompt.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(p.numel() for p in prompt.parameters())
+
+
+def test_gpf_adds_the_same_vector_to_every_patch_node(backbone, episode):
+    support, _, _ = episode
+    prompt = prompts.create("gpf", backbone, blocks="0")
+    with torch.no_grad():
+        prompt.vectors.fill_(0.5)
+    x = torch.randn(2, 49, backbone.embed_dim)
+    y, _ = prompt.block_hook(0, x, torch.ones(2, 49, dtype=torch.bool))
+    torch.testing.assert_close(y, x + 0.5)
+    y, _ = prompt.block_hook(1, x, torch.ones(2, 49, dtype=torch.bool))
+    assert y is x
+
+
+def test_gpf_plus_is_attention_over_the_basis(backbone):
+    prompt = prompts.create("gpf-plus", backbone, blocks="0", basis_size=3)
+    with torch.no_grad():
+        prompt.basis.normal_()
+    x = torch.randn(2, 49, backbone.embed_dim)
+    y, _ = prompt.block_hook(0, x, torch.ones(2, 49, dtype=torch.bool))
+    expected = x + torch.softmax(prompt.attn[0](x), -1) @ prompt.basis[0]
+    torch.testing.assert_close(y, expected)
+
+
+def test_vgp_low_rank_shapes_and_edge_prompt_against_loop(backbone):
+    prompt = prompts.create("vgp", backbone, blocks="0", num_nodes=2, rank=3)
+    p = prompt.per_block[0]
+    d = backbone.embed_dim
+    assert p.virtual.shape == (2, 3) and p.graph_prompt.shape == (3, d)
+    assert p.node_prompt.shape == (3, d) and p.edge_prompt.shape == (3, d)
+    assert p.node_down.weight.shape == (3, d) and p.edge_down.weight.shape == (3, d)
+    assert p.virtual_nodes().shape == (2, d)
+    with torch.no_grad():
+        p.edge_prompt.normal_()
+        p.node_prompt.normal_()
+    h = torch.randn(2, 5, d)
+    nb = torch.randint(0, 5, (2, 5, 3))
+    out = prompt.graph_hook(0, h, nb)
+    ref = h.clone()
+    for b in range(2):
+        for i in range(5):
+            low = torch.stack([p.edge_down(h[b, j]) for j in nb[b, i]]).mean(0)
+            ref[b, i] += p.edge_scale * (low @ p.edge_prompt)
+    torch.testing.assert_close(out, ref)
+    x = torch.randn(2, 49, d)
+    y, m = prompt.block_hook(0, x, torch.ones(2, 49, dtype=torch.bool))
+    assert y.shape == (2, 51, d) and bool(m.all())
+    torch.testing.assert_close(y[:, :49], x + p.node_scale * (p.node_down(x) @ p.node_prompt))
+
+
+def test_fresh_zero_initialised_prompts_change_nothing(backbone, episode):
+    support, labels, _ = episode
+    with torch.no_grad():
+        plain = backbone.forward_head(backbone.forward_features(support), pre_logits=True)
+        for name in ("gpf", "gpf-plus", "modify"):
+            prompt = conditioned(prompts.create(name, backbone), backbone, support, labels)
+            nodes, mask = prompt.forward_nodes(backbone, support)
+            torch.testing.assert_close(backbone.forward_head(nodes, pre_logits=True, node_mask=mask), plain)
+
+
+def test_support_generated_prompt_depends_on_the_support_set(backbone, episode):
+    support, labels, _ = episode
+    torch.manual_seed(0)
+    prompt = prompts.create("add", backbone, blocks="0")
+    with torch.no_grad():
+        for gen in prompt.generators.values():
+            gen.out.weight.normal_()
+    a = conditioned(prompt, backbone, support, labels).prompt_nodes(0).clone()
+    b = conditioned(prompt, backbone, support.flip(-1), labels).prompt_nodes(0)
+    assert a.shape == (4, backbone.embed_dim) and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name,adapt", [("add", "amortised"), ("vgp", "tune"), ("none", "full"), ("none", "linear")])
+def test_same_seed_same_prompt_same_accuracy(episode, name, adapt):
+    support, labels, query = episode
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        bb = freeze(models.create_backbone("test_vig")).eval()
+        model = PromptedModel(bb, prompts.create(name, bb), matchers.create("prototype"), adapt=adapt,
+                              adapt_steps=2, seed=5).eval()
+        with torch.inference_mode():
+            outs.append(model(support, labels, query))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_tuning_does_not_change_the_stored_prompt_or_backbone(backbone, episode):
+    support, labels, query = episode
+    prompt = prompts.create("vgp", backbone)
+    before = {k: v.clone() for k, v in prompt.state_dict().items()}
+    bb_before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    for adapt in ("tune", "full"):
+        model = PromptedModel(backbone, prompt if adapt == "tune" else prompts.create("none", backbone),
+                              matchers.create("prototype"), adapt=adapt, adapt_steps=2).eval()
+        with torch.inference_mode():
+            model(support, labels, query)
+    assert all(torch.equal(before[k], v) for k, v in prompt.state_dict().items())
+    assert all(torch.equal(bb_before[k], v) for k, v in backbone.state_dict().items())
