@@ -102,12 +102,7 @@ def learning_curves(history: dict, out: str | Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def accuracy_vs_shot(rows: list, out: str | Path, title: str = "") -> Path:
@@ -128,6 +123,13 @@ def accuracy_vs_shot(rows: list, out: str | Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Lay out, write ``out`` (PNG, parents created) and close ``fig``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
