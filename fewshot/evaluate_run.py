@@ -38,9 +38,6 @@ def load_trained_model(run_dir: Path, config: Config, images, checkpoint: str = 
     """``(model on CPU with run_dir/{checkpoint}.pt loaded, checkpoint path)`` for images like ``images``."""
     img_size, in_chans = images.image_shape[-1], images.image_shape[0]
     model = build_model(config, img_size, in_chans)
-    if config.prompted:  # frozen backbone + prompt, as the run was trained (fewshot.prompting)
-        from .prompting import build_prompted_model
-        model = build_prompted_model(config, model.backbone, model.matcher)
     path = Path(run_dir) / f"{checkpoint}.pt"
     state = load_checkpoint(path)["model"]
     try:

@@ -96,9 +96,14 @@ def default_backbone(img_size: int) -> str:
     return "conv4"
 
 
-def build_model(config, img_size: int, in_chans: int) -> EpisodicModel:
-    """Backbone (``config.backbone`` or the default for the image size) + matcher, freshly initialised."""
+def build_model(config, img_size: int, in_chans: int) -> nn.Module:
+    """Backbone (``config.backbone`` or the default) + matcher, freshly initialised: an
+    :class:`EpisodicModel`, or, when ``config.prompted``, a ``fewshot.prompting.PromptedModel``
+    (frozen backbone, loaded from ``--backbone-from`` when given, plus the prompt)."""
     name = config.backbone or default_backbone(img_size)
     backbone = models.create_backbone(name, img_size=img_size, in_chans=in_chans)
     matcher = matchers.create(config.matcher, **_matcher_kwargs(config))
+    if config.prompted:
+        from .prompting import build_prompted_model  # imports the prompt families only when needed
+        return build_prompted_model(config, backbone, matcher)
     return EpisodicModel(backbone, matcher)

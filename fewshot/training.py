@@ -76,11 +76,7 @@ def prepare(config: Config) -> Run:
     test_bank = EpisodeSampler(splits.test, config.way, config.shot, config.query,
                                seed=config.bank_seed).bank(config.eval_episodes)
     torch.manual_seed(config.seed)
-    model = build_model(config, img_size, in_chans)
-    if config.prompted:  # frozen (loaded) backbone + prompt, adapted per episode
-        from .prompting import build_prompted_model
-        model = build_prompted_model(config, model.backbone, model.matcher)
-    model = model.to(device)
+    model = build_model(config, img_size, in_chans).to(device)
     backbone_name = config.backbone or default_backbone(img_size)
     run_dir = Path(config.run_dir or Path("runs") / config.default_run_name(backbone_name))
     log.info("dataset %s (%s)\n%s", info.name, info.description, splits.describe())
