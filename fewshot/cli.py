@@ -90,7 +90,13 @@ RUN_OPTIONS = [
     click.option("--metric", type=click.Choice(["euclidean", "cosine"]), help="Distance of the prototype matcher." + _default("metric")),
     click.option("--temperature", type=float, help="Logits are divided by it. [default: the matcher's own: 1 for prototype, 0.1 for patch-voting and hungarian]"),
     click.option("--prompt", type=_choices(_list_prompts), help="Graph prompt." + _default("prompt")),
-    click.option("--meta-init", type=_choices(_list_meta_inits), help="Meta-learned prompt initialisation." + _default("meta_init")),
+    click.option("--meta-init", type=_choices(_list_meta_inits), help="Meta-learn the prompt's initialisation with learn2learn "
+                 "(MAML, first-order MAML, Meta-SGD); test episodes adapt it on the support set (needs --adapt tune)." + _default("meta_init")),
+    click.option("--inner-steps", type=int, help="Meta-training: adaptation steps per task." + _default("inner_steps")),
+    click.option("--inner-lr", type=float, help="Inner-loop SGD learning rate (also at test time)." + _default("inner_lr")),
+    click.option("--meta-batch", type=int, help="Tasks per meta (outer) step." + _default("meta_batch")),
+    click.option("--clusters", type=int, help="DAM-VP (--prompt damvp): prompts, one per k-means feature cluster." + _default("clusters")),
+    click.option("--cluster-prompt", type=_choices(_list_prompts), help="DAM-VP: the fixed prompt copied per cluster." + _default("cluster_prompt")),
     click.option("--prompt-blocks", help="Blocks to prompt: 'all' or indices such as 0,2." + _default("prompt_blocks")),
     click.option("--prompt-nodes", type=int, help="Prompt nodes per prompted block (add, vpt, vgp, graph)." + _default("prompt_nodes")),
     click.option("--prompt-rank", type=int, help="Rank r of VGP's low-rank prompts." + _default("prompt_rank")),
@@ -98,7 +104,7 @@ RUN_OPTIONS = [
     click.option("--adapt", type=click.Choice(["amortised", "tune", "head", "full", "linear"]),
                  help="Per-episode adaptation: amortised (prompt as is / generated), tune (T Adam steps on the prompt), "
                       "head, full (tune last block+norm / all backbone), linear (logistic-regression probe)." + _default("adapt")),
-    click.option("--adapt-steps", type=int, help="Tuning steps per episode." + _default("adapt_steps")),
+    click.option("--adapt-steps", type=int, help="Tuning steps per test episode (0: none)." + _default("adapt_steps")),
     click.option("--adapt-lr", type=float, help="Learning rate of the tuning steps." + _default("adapt_lr")),
     click.option("--backbone-from", type=click.Path(dir_okay=False), help="Checkpoint (runs/<run>/best.pt) whose backbone is loaded and frozen."),
     click.option("--eval-episodes", type=int, help="Episodes in the test bank." + _default("eval_episodes")),

@@ -47,13 +47,18 @@ class Config:
     metric: str = "euclidean"
     temperature: Optional[float] = None     # None: the matcher's own default
     prompt: str = "none"
-    meta_init: str = "none"
+    meta_init: str = "none"                 # none | maml | fomaml | metasgd (prompts.meta, learn2learn)
+    inner_steps: int = 1                    # meta-training: SGD steps on the support loss per task
+    inner_lr: float = 0.1                   # their learning rate (also the test-time one of a meta prompt)
+    meta_batch: int = 4                     # tasks per outer (meta) step
+    clusters: int = 4                       # damvp: C prompts, one per k-means cluster
+    cluster_prompt: str = "vpt"             # damvp: the fixed prompt copied per cluster
     prompt_blocks: str = "all"              # "all" or comma-separated block indices, e.g. "0,2"
     prompt_nodes: int = 4                   # M prompt nodes per prompted block (add, vpt, vgp, graph)
     prompt_rank: int = 8                    # VGP's rank r
     prompt_keep: float = 0.75               # fraction of patch nodes kept by delete / graph
     adapt: str = "amortised"                # amortised | tune | head | full | linear (fewshot.prompting)
-    adapt_steps: int = 10                   # T tuning steps per test episode (tune, head, full)
+    adapt_steps: int = 10                   # T tuning steps per test episode (tune, head, full); 0: none
     adapt_lr: float = 1e-2                  # Adam lr of those steps
     backbone_from: Optional[str] = None     # checkpoint whose backbone is loaded and frozen
     # optimisation
@@ -107,16 +112,41 @@ class Config:
         if spec != "all" and not all(p.strip().isdigit() for p in spec.split(",")):
             raise ConfigError(f"prompt_blocks must be 'all' or comma-separated block indices such as 0,2, "
                               f"got {self.prompt_blocks!r}")
-        for name in ("prompt_nodes", "prompt_rank", "adapt_steps"):
+        for name in ("prompt_nodes", "prompt_rank", "inner_steps", "meta_batch", "clusters", "adapt_steps"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            low = 0 if name == "adapt_steps" else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if not 0 < self.prompt_keep <= 1:
             raise ConfigError(f"prompt_keep must be in (0, 1], got {self.prompt_keep}")
         if not self.adapt_lr > 0:
             raise ConfigError(f"adapt_lr must be > 0, got {self.adapt_lr}")
         if self.adapt in ("head", "full", "linear") and self.prompt != "none":
             raise ConfigError(f"--adapt {self.adapt} is a baseline on the bare backbone; use it with --prompt none")
+        self._check_meta()
+
+    def _check_meta(self) -> None:
+        from prompts.meta import META_INITS  # the learn2learn algorithms; learn2learn itself loads lazily
+
+        if self.meta_init not in META_INITS:
+            raise ConfigError(f"meta_init must be one of {', '.join(META_INITS)}, got {self.meta_init!r}")
+        if not self.inner_lr > 0:
+            raise ConfigError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.meta_init == "none":
+            given = [f"--{n.replace('_', '-')}" for n in ("inner_steps", "inner_lr", "meta_batch")
+                     if getattr(self, n) != getattr(Config, n)]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply with --meta-init maml|fomaml|metasgd")
+            return
+        if self.prompt == "none":
+            raise ConfigError(f"--meta-init {self.meta_init} meta-learns a prompt's initialisation: give --prompt "
+                              "(e.g. vpt, gpf, vgp, damvp)")
+        if self.adapt != "tune":
+            raise ConfigError(f"--meta-init {self.meta_init} adapts the prompt to each test episode: use --adapt tune "
+                              "(--adapt-steps sets the test-time steps, --inner-lr their learning rate)")
+        if self.adapt_lr != Config.adapt_lr:
+            raise ConfigError("a meta-learned prompt adapts with the learning rate it was meta-trained for: "
+                              "set --inner-lr, not --adapt-lr")
 
     @property
     def prompted(self) -> bool:

@@ -18,6 +18,13 @@ unchanged. Ways to adapt to an episode (``adapt``):
 - ``linear``: a linear probe: scikit-learn ``LogisticRegression`` on the frozen pooled support
   features; logits are its log-probabilities for the queries.
 
+Meta-learned initialisation (``meta_init`` maml / fomaml / metasgd, :mod:`prompts.meta`): the
+prompt is wrapped in a learn2learn learner (``self.learner``). Training calls
+:func:`prompts.meta.meta_step` on batches of episodes (``fewshot.training``); at test time each
+episode clones the learner and ``adapt()``s the clone for ``adapt_steps`` steps of the inner-loop
+loss (SGD at ``inner_lr``, or Meta-SGD's learned rates) on the support set only, then scores the
+queries with the adapted prompt. ``adapt_steps = 0`` scores with the meta prompt as it is.
+
 Support-only loss (tune / head / full). A 1-shot episode has no labelled query, so each step
 builds pseudo-queries: ``views`` augmented views of every support image (random affine: shift up
 to 10% of the side, rotation up to 10 degrees, scale 0.9-1.1, :func:`augment`), scored by the
@@ -31,7 +38,6 @@ Glossary: S support images, Q queries, C x H x W images, N0 patch nodes, D featu
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from typing import Optional
 
@@ -41,7 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import prompts
+from prompts import meta
 from prompts.base import Prompt
+from prompts.views import augment, episode_generator
 
 from .config import ADAPT_MODES
 from .model import to_input
@@ -53,26 +61,6 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random affine views: float ``[B, C, H, W]`` -> ``[B, C, H, W]`` (shift <= 10%, rotation <= 10
-    degrees, scale 0.9-1.1; the border is filled with the image's corner value, the background)."""
-    b = images.shape[0]
-    r = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=generator)  # noqa: E731
-    angle, scale = r(-math.pi / 18, math.pi / 18), r(0.9, 1.1)
-    tx, ty = r(-0.2, 0.2), r(-0.2, 0.2)  # grid units: the side is 2
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1).to(images)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    bg = images[:, :, :1, :1]
-    return F.grid_sample(images - bg, grid, align_corners=False, padding_mode="zeros") + bg
-
-
-def _episode_seed(images: torch.Tensor, seed: int) -> int:
-    """A seed that is a pure function of the support images' bytes and ``seed``."""
-    digest = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).digest()
-    return (int.from_bytes(digest[:4], "little") + seed) % (2 ** 31)
 
 
 class PromptedModel(nn.Module):
@@ -87,10 +75,13 @@ class PromptedModel(nn.Module):
         adapt_lr: Adam learning rate of the tuning steps.
         views: augmented pseudo-query views per support image in the tuning loss.
         seed: mixes into the per-episode augmentation seed.
+        meta_init: ``none`` or a :data:`prompts.meta.META_INITS` algorithm (needs ``adapt="tune"``).
+        inner_lr: inner-loop learning rate of the meta learner (its test-time rate too).
     """
 
     def __init__(self, backbone: nn.Module, prompt: Prompt, matcher: nn.Module, adapt: str = "amortised",
-                 adapt_steps: int = 10, adapt_lr: float = 1e-2, views: int = 2, seed: int = 0):
+                 adapt_steps: int = 10, adapt_lr: float = 1e-2, views: int = 2, seed: int = 0,
+                 meta_init: str = "none", inner_lr: float = 0.1):
         super().__init__()
         if adapt not in ADAPT_MODES:
             raise ValueError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {adapt!r}")
@@ -101,6 +92,12 @@ class PromptedModel(nn.Module):
             raise ValueError("prompted models score pooled embeddings: use a pooled matcher such as prototype")
         self.backbone, self.prompt, self.matcher = freeze(backbone), prompt, matcher
         self.adapt, self.adapt_steps, self.adapt_lr, self.views, self.seed = adapt, adapt_steps, adapt_lr, views, seed
+        self.meta_init = meta_init
+        self.learner = None
+        if meta_init != "none":
+            if adapt != "tune":
+                raise ValueError(f"meta_init {meta_init!r} adapts the prompt per episode: use adapt='tune'")
+            self.learner = meta.wrap(prompt, meta_init, inner_lr)  # shares the prompt's parameters
 
     # ----- nn.Module --------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -139,6 +136,8 @@ class PromptedModel(nn.Module):
         """support_images ``[S, C, H, W]``, support_labels ``[S]``, query_images ``[Q, C, H, W]`` -> logits ``[Q, way]``."""
         if self.adapt == "linear":
             return self._linear_probe(support_images, support_labels, query_images)
+        if self.learner is not None and not self.training:
+            return self._meta_adapted(support_images, support_labels, query_images)
         if self.adapt == "amortised" or (self.training and self.adapt == "tune"):
             # meta-training of a tuned prompt trains its initialisation through the amortised path
             return self._score(self.backbone, self.prompt, support_images, support_labels, query_images)
@@ -172,11 +171,11 @@ class PromptedModel(nn.Module):
             prompt.train()
             backbone.eval()
             s_img, s_lab = to_input(s_img.clone()), s_lab.clone()
-            gen = torch.Generator().manual_seed(_episode_seed(s_img.cpu(), self.seed))
+            gen = episode_generator(s_img, self.seed)
             if params:
                 opt = torch.optim.Adam(params, lr=self.adapt_lr)
                 for _ in range(self.adapt_steps):
-                    views = torch.cat([augment(s_img.cpu(), gen) for _ in range(self.views)]).to(s_img.device)
+                    views = augment(s_img, gen, self.views)
                     self.condition(s_img, s_lab, prompt, backbone)
                     feats = self._embed_with(backbone, prompt, torch.cat([s_img, views]))
                     n = s_img.shape[0]
@@ -189,6 +188,18 @@ class PromptedModel(nn.Module):
             for p in params:
                 p.requires_grad_(False)
         return backbone, prompt
+
+    def _meta_adapted(self, s_img, s_lab, q_img) -> torch.Tensor:
+        """Clone the meta learner, ``adapt()`` it on the support set, score the queries with it."""
+        with torch.enable_grad(), torch.inference_mode(False):
+            s_float, labels = to_input(s_img.clone()), s_lab.clone()
+            learner = self.learner.clone()
+            gen = episode_generator(s_float, self.seed)
+            for _ in range(self.adapt_steps):  # first order: no graph through the steps is needed here
+                loss = meta.support_loss(learner.module, self.backbone, s_float, labels, self.views, gen)
+                learner.adapt(loss, first_order=True)
+        with torch.no_grad():
+            return self._score(self.backbone, learner.module, s_img, s_lab, q_img)
 
     @torch.no_grad()
     def _linear_probe(self, s_img, s_lab, q_img) -> torch.Tensor:
@@ -228,7 +239,8 @@ def prompt_options(config, backbone: nn.Module) -> dict:
     from .config import Config, ConfigError
 
     accepted = prompts.accepted_options(config.prompt)
-    mapping = {"blocks": "prompt_blocks", "num_nodes": "prompt_nodes", "rank": "prompt_rank", "keep": "prompt_keep"}
+    mapping = {"blocks": "prompt_blocks", "num_nodes": "prompt_nodes", "rank": "prompt_rank", "keep": "prompt_keep",
+               "clusters": "clusters", "base": "cluster_prompt"}
     options = {}
     for option, field in mapping.items():
         value = getattr(config, field)
@@ -248,7 +260,8 @@ def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> Pro
     try:
         prompt = prompts.create(config.prompt, backbone, **prompt_options(config, backbone))
         return PromptedModel(backbone, prompt, matcher, adapt=config.adapt, adapt_steps=config.adapt_steps,
-                             adapt_lr=config.adapt_lr, seed=config.seed)
+                             adapt_lr=config.adapt_lr, seed=config.seed, meta_init=config.meta_init,
+                             inner_lr=config.inner_lr)
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise

@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, save_atomic
 from .compare import write_scores
 from .config import Config, ConfigError
 from .evaluation import autocast_for, evaluate
-from .model import build_model, count_parameters, default_backbone
+from .model import build_model, count_parameters, default_backbone, to_input
 from .tracking import make_tracker
 
 __all__ = ["Run", "prepare", "train", "resolve_device"]
@@ -108,6 +108,40 @@ def _episode_batch(run: Run, step: int):
             images[ep.query].to(d, non_blocking=True), ep.query_labels.to(d))
 
 
+def _episodic_step(run: Run, step: int):
+    """Back-propagate training episode ``step``'s query loss; ``(loss, accuracy)``."""
+    s_img, s_lab, q_img, q_lab = _episode_batch(run, step)
+    with autocast_for(run.device):
+        logits = run.model(s_img, s_lab, q_img)
+    loss = F.cross_entropy(logits.float(), q_lab)
+    loss.backward()
+    return loss.detach(), (logits.argmax(-1) == q_lab).float().mean()
+
+
+def _meta_step(run: Run, step: int):
+    """One outer step of the meta-learned prompt (``--meta-init``): episodes ``step * B .. step * B + B - 1``
+    (B = ``--meta-batch``), each adapted by ``--inner-steps`` clone/adapt steps (:func:`prompts.meta.meta_step`)."""
+    from prompts.meta import meta_step
+
+    b = run.config.meta_batch
+    tasks = [tuple(to_input(t) if t.dtype == torch.uint8 else t for t in _episode_batch(run, step * b + j))
+             for j in range(b)]
+    return meta_step(run.model.learner, run.model.backbone, tasks, run.config.inner_steps, run.device,
+                     amp=run.device.type == "cuda")
+
+
+def _fit_clusters(run: Run) -> None:
+    """DAM-VP: fit the prompt's k-means centroids on (up to 4096) training images, seeded."""
+    prompt = getattr(run.model, "prompt", None)
+    if not hasattr(prompt, "fit_clusters") or bool(prompt.fitted):
+        return
+    images = run.splits.train.images
+    g = torch.Generator().manual_seed(run.config.seed)
+    idx = torch.randperm(len(images), generator=g)[:4096]
+    counts = prompt.fit_clusters(run.model.backbone, to_input(images[idx].to(run.device)), seed=run.config.seed)
+    log.info("DAM-VP: %d clusters fitted on %d training images, sizes %s", prompt.clusters, len(idx), counts.tolist())
+
+
 def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     """Train, select on validation, evaluate on the test bank; return the result dictionary."""
     run = prepare(config)
@@ -142,6 +176,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
     status = "FAILED"
     try:
+        _fit_clusters(run)
         if trainable:
             step = _train_loop(run, opt, sched, step, best, tracker, progress)
         result = _final_evaluation(run, best, tracker, progress)
@@ -159,25 +194,22 @@ def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: 
     last, best_path = run.run_dir / "last.pt", run.run_dir / "best.pt"
     pending = {"train_loss": [], "train_acc": [], "lr": []}
     first = step
+    step_fn = _meta_step if getattr(model, "learner", None) is not None else _episodic_step
     model.train()
     bar = tqdm(total=config.episodes, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     while step < config.episodes:
         torch.manual_seed(episode_seed(config.seed + 7919, step))  # dropout / drop-path: pure in (seed, step)
-        s_img, s_lab, q_img, q_lab = _episode_batch(run, step)
-        with autocast_for(run.device):
-            logits = model(s_img, s_lab, q_img)
-        loss = F.cross_entropy(logits.float(), q_lab)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, acc = step_fn(run, step)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         pending["lr"].append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
         step += 1
-        pending["train_loss"].append(loss.item())
-        pending["train_acc"].append((logits.argmax(-1) == q_lab).float().mean().item())
+        pending["train_loss"].append(float(loss))
+        pending["train_acc"].append(float(acc))
         bar.update(1)
         bar.set_postfix(loss=f"{pending['train_loss'][-1]:.3f}")
         if run.val_bank is not None and (step % config.val_every == 0 or step == config.episodes):

@@ -5,19 +5,21 @@ features, delete nodes) through the backbone's hooks; see :mod:`prompts.base` fo
 (``Prompt``), the registry (``create``, ``register_prompt``, ``list_prompts``) and shapes.
 Families: ``add`` (support-generated prompt nodes), ``modify`` / ``gpf`` / ``gpf-plus`` (feature
 prompts), ``delete`` (node deletion), ``graph`` (all three), ``vpt`` / ``vpt-shallow`` (free
-virtual nodes) and ``vgp`` (Ai, Liu and Zhou, ICML 2025).
+virtual nodes), ``vgp`` (Ai, Liu and Zhou, ICML 2025) and ``damvp`` (one prompt per feature
+cluster, :mod:`prompts.damvp`). Meta-learned initialisation (MAML, first-order MAML, Meta-SGD):
+:mod:`prompts.meta`.
 """
 from __future__ import annotations
 
 from .base import Prompt, accepted_options, create, get, list_prompts, parse_blocks, register_prompt
 from . import add_nodes, delete_nodes, graph, modify_nodes, vgp, vpt  # noqa: F401  (register the families)
+from . import damvp  # noqa: F401,E402  (after the families it wraps)
+from .meta import META_INITS
 
 __all__ = ["Prompt", "create", "get", "list_prompts", "register_prompt", "parse_blocks", "accepted_options",
            "list_meta_inits"]
 
-_META_INITS = ("none",)
-
 
 def list_meta_inits() -> list:
-    """Names accepted by ``--meta-init``."""
-    return list(_META_INITS)
+    """Names accepted by ``--meta-init`` (``none`` and the learn2learn algorithms of :mod:`prompts.meta`)."""
+    return list(META_INITS)

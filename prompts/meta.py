@@ -10,7 +10,8 @@ a copy on the support set only.
 ``learn2learn`` is imported lazily (it prints gym's notice on import), only in :func:`wrap`.
 
 Loss: prototype classifier on pooled prompted embeddings, logits ``-||q - c_k||^2``; the support
-loss classifies the support images against their own class prototypes.
+(inner-loop) loss classifies augmented views of the support images against the prototypes of the
+un-augmented support (:mod:`prompts.views`), the same kind of loss as ``--adapt tune``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Prompt, class_prototypes
+from .views import augment, episode_generator
 
 __all__ = ["META_INITS", "wrap", "embed", "episode_loss", "support_loss", "meta_step", "meta_train",
            "adapt_prompt", "autocast"]
@@ -70,10 +72,19 @@ def _logits(query_emb: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return -(query_emb.pow(2).sum(1, keepdim=True) - 2 * query_emb @ protos.T + protos.pow(2).sum(1))
 
 
-def support_loss(prompt, backbone, s_img, s_lab) -> torch.Tensor:
-    """Inner-loop loss: support images ``[S, C, H, W]`` classified by their own prototypes."""
-    emb = embed(prompt, backbone, s_img, (s_img, s_lab))
-    return F.cross_entropy(_logits(emb, class_prototypes(emb, s_lab)), s_lab)
+def support_loss(prompt, backbone, s_img, s_lab, views: int = 2,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Inner-loop loss on the support set only: ``views`` augmented copies of the support images
+    ``[S, C, H, W]`` (:func:`prompts.views.augment`, drawn from ``generator``, by default one seeded by
+    the images) classified against the prototypes of the un-augmented support. ``views = 0``: the
+    support images against their own prototypes (saturated, nearly gradient-free, for 1-shot)."""
+    s_emb = embed(prompt, backbone, s_img, (s_img, s_lab))
+    protos = class_prototypes(s_emb, s_lab)
+    if views == 0:
+        return F.cross_entropy(_logits(s_emb, protos), s_lab)
+    generator = generator or episode_generator(s_img)
+    q_emb = embed(prompt, backbone, augment(s_img, generator, views), (s_img, s_lab))
+    return F.cross_entropy(_logits(q_emb, protos), s_lab.repeat(views))
 
 
 def episode_loss(prompt, backbone, s_img, s_lab, q_img, q_lab) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -97,9 +108,10 @@ def meta_step(meta: nn.Module, backbone: nn.Module, tasks: Sequence[Tuple[torch.
     for task in tasks:
         s_img, s_lab, q_img, q_lab = (t.to(device) for t in task)
         learner = meta.clone()
+        generator = episode_generator(s_img)  # fresh views at every inner step, the same on every run
         with autocast(device, amp):
             for _ in range(inner_steps):
-                learner.adapt(support_loss(_module(learner), backbone, s_img, s_lab))
+                learner.adapt(support_loss(_module(learner), backbone, s_img, s_lab, generator=generator))
             loss, a = episode_loss(_module(learner), backbone, s_img, s_lab, q_img, q_lab)
         (loss / len(tasks)).backward()
         total += float(loss.detach()) / len(tasks)
@@ -139,10 +151,11 @@ def adapt_prompt(prompt: Prompt, backbone: nn.Module, s_img: torch.Tensor, s_lab
         return tuned
     opt = torch.optim.SGD(params, lr=lr)
     s_img, s_lab = s_img.to(device), s_lab.to(device)
+    generator = episode_generator(s_img)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
-            loss = support_loss(tuned, backbone, s_img, s_lab)
+            loss = support_loss(tuned, backbone, s_img, s_lab, generator=generator)
         loss.backward()
         opt.step()
     return tuned

@@ -37,7 +37,7 @@ def test_cluster_prompts_are_independent_and_images_use_their_clusters_prompt():
     images = torch.randn(6, 1, 28, 28)
     with torch.no_grad():
         feats = bb.forward_head(bb.forward_features(images), pre_logits=True)
-    cp = damvp.ClusterPrompts(base, torch.stack([feats[0], feats[1]]))
+    cp = damvp.ClusterPrompts.around(base, torch.stack([feats[0], feats[1]]))
     assign = cp.assign(bb, images)
     assert assign[0] == 0 and assign[1] == 1
     assert cp.prompts[0].vectors is not cp.prompts[1].vectors
@@ -53,3 +53,37 @@ def test_cluster_prompts_are_independent_and_images_use_their_clusters_prompt():
     loss.backward()
     g0 = cp.prompts[0].vectors.grad
     assert (g0 is None or not g0.any()) and cp.prompts[1].vectors.grad.abs().sum() > 0
+
+
+def _frozen_vig():
+    torch.manual_seed(0)
+    bb = models.create_backbone("test_vig").eval()
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    return bb
+
+
+def test_registered_damvp_copies_its_base_prompt_and_needs_fitted_centroids():
+    bb = _frozen_vig()
+    cp = prompts.create("damvp", bb, blocks="1", num_nodes=3, clusters=3, base="vpt")
+    assert cp.clusters == 3 and all(p.name == "vpt" and p.nodes.shape == (1, 3, bb.embed_dim) for p in cp.prompts)
+    assert sum(p.numel() for p in cp.parameters()) == 3 * 3 * bb.embed_dim
+    images = torch.randn(8, 1, 28, 28)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cp.forward_nodes(bb, images)
+    sizes = cp.fit_clusters(bb, images, seed=0)
+    assert int(sizes.sum()) == 8 and bool(cp.fitted)
+    # the fitted centroids are k-means on the unprompted pooled features (same seed, same result)
+    torch.testing.assert_close(cp.centroids, damvp.fit_centroids(damvp.pooled_features(bb, images), 3, seed=0))
+    nodes, mask = cp.forward_nodes(bb, images)
+    assert nodes.shape == (8, cp.num_patch_nodes, bb.embed_dim) and mask is None
+    # centroids travel in the state dict, so a checkpoint routes the same way
+    other = prompts.create("damvp", bb, blocks="1", num_nodes=3, clusters=3, base="vpt")
+    other.load_state_dict(cp.state_dict())
+    assert torch.equal(other.assign(bb, images), cp.assign(bb, images))
+
+
+@pytest.mark.parametrize("base", ["add", "damvp", "none"])
+def test_damvp_refuses_a_base_prompt_it_cannot_copy(base):
+    with pytest.raises(ValueError, match="fixed base prompt"):
+        prompts.create("damvp", _frozen_vig(), base=base)

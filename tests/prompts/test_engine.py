@@ -16,7 +16,7 @@ from fewshot.prompting import PromptedModel, augment, build_prompted_model, load
     ({"adapt": "maml"}, "adapt must be one of"),
     ({"prompt_blocks": "0;2"}, "prompt_blocks"),
     ({"prompt_keep": 0.0}, "prompt_keep"),
-    ({"adapt_steps": 0}, "adapt_steps"),
+    ({"adapt_steps": -1}, "adapt_steps"),
     ({"adapt_lr": -1.0}, "adapt_lr"),
     ({"adapt": "full", "prompt": "vgp"}, "--prompt none"),
 ])
