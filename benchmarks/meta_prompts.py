@@ -1,0 +1,216 @@
+"""Meta-learned prompt initialisation (MAML, first-order MAML) and DAM-VP cluster prompts.
+
+For a frozen ViG backbone (``--backbone-from``, a ProtoNet run's best.pt) and one prompt family
+(``--prompt``, VPT deep by default), on one dataset:
+
+1. **init**: ``random`` (the prompt as created, no meta-training), ``fomaml`` and ``maml``
+   (``prompts.meta.meta_train``: ``--meta-steps`` outer steps of ``--meta-batch`` 5-way 1-shot
+   training tasks, ``--inner-steps`` inner SGD steps at ``--inner-lr`` on the support-only loss);
+2. **clusters**: 1 (a single prompt) or C > 1: DAM-VP (``--prompt damvp``, C copies of the prompt,
+   centroids fitted by k-means on 4096 training images' frozen features, each image routed to its
+   nearest centroid), meta-trained with ``--cluster-init``;
+3. every (init, C) is scored on the same test bank after 0, 1, 5 and 10 test-time adaptation steps
+   (``--steps``): each episode clones the prompt and adapts it on its support set only, with the
+   same loss and learning rate as the inner loop (``PromptedModel`` with ``meta_init``);
+4. accuracy +- 95% CI per cell, a markdown table, a plot of accuracy against adaptation steps
+   (PNG), one MLflow run per cell in one experiment.
+
+Usage:
+    python benchmarks/meta_prompts.py --quick        # tiny: checks the pipeline
+    python benchmarks/meta_prompts.py --dataset omniglot --data-root ../shared/data/omniglot \\
+        --backbone-from runs/omniglot-vig-fixed-20w5s/best.pt --bank 100 --meta-steps 40
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matchers  # noqa: E402
+import models  # noqa: E402
+import prompts  # noqa: E402
+from episodes import EpisodeSampler, load_splits  # noqa: E402
+from fewshot.evaluation import evaluate, summarise  # noqa: E402
+from fewshot.model import to_input  # noqa: E402
+from fewshot.prompting import PromptedModel, load_backbone  # noqa: E402
+from fewshot.tracking import make_tracker  # noqa: E402
+from prompts import meta  # noqa: E402
+
+
+def tasks(train_set, way: int, shot: int, query: int, seed: int):
+    """Endless float training tasks ``(s_img, s_lab, q_img, q_lab)`` from the project's sampler."""
+    sampler = EpisodeSampler(train_set, way, shot, query, seed=seed)
+    i = 0
+    while True:
+        ep = sampler[i]
+        yield (to_input(train_set.images[ep.support]), ep.support_labels,
+               to_input(train_set.images[ep.query]), ep.query_labels)
+        i += 1
+
+
+def build(args, backbone, clusters: int, train_set):
+    """The prompt: ``args.prompt`` itself, or DAM-VP around it with centroids fitted on training images."""
+    torch.manual_seed(args.seed)
+    if clusters == 1:
+        return prompts.create(args.prompt, backbone, blocks=args.blocks, num_nodes=args.nodes)
+    prompt = prompts.create("damvp", backbone, blocks=args.blocks, num_nodes=args.nodes, clusters=clusters,
+                            base=args.prompt)
+    idx = torch.randperm(len(train_set.images), generator=torch.Generator().manual_seed(args.seed))[:4096]
+    sizes = prompt.fit_clusters(backbone, to_input(train_set.images[idx]), seed=args.seed)
+    print(f"  DAM-VP C={clusters}: cluster sizes {sizes.tolist()}", flush=True)
+    return prompt
+
+
+def plot(rows, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ways = sorted({r["way"] for r in rows})
+    fig, axes = plt.subplots(1, len(ways), figsize=(6 * len(ways), 4.5), squeeze=False)
+    for ax, way in zip(axes[0], ways):
+        for key in dict.fromkeys((r["init"], r["clusters"]) for r in rows if r["way"] == way):
+            pts = sorted((r["steps"], 100 * r["acc"], 100 * r["ci95"]) for r in rows
+                         if r["way"] == way and (r["init"], r["clusters"]) == key)
+            label = key[0] if key[1] == 1 else f"DAM-VP C={key[1]} ({key[0]})"
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                        capsize=3, label=label)
+        ax.set_xlabel("test-time adaptation steps (support set only)")
+        ax.set_ylabel("accuracy % (+- 95% CI)")
+        ax.set_title(f"{title}, {way}-way 1-shot", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(rows) -> str:
+    steps = sorted({r["steps"] for r in rows})
+    lines = ["| way | init | clusters | meta-train s | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|---|---|" + "---|" * len(steps)]
+    for key in dict.fromkeys((r["way"], r["init"], r["clusters"]) for r in rows):
+        cells = {r["steps"]: r for r in rows if (r["way"], r["init"], r["clusters"]) == key}
+        any_row = next(iter(cells.values()))
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {any_row['meta_train_s']:.0f} | " + " | ".join(
+            f"{100 * cells[s]['acc']:.2f} +- {100 * cells[s]['ci95']:.2f}" if s in cells else "-" for s in steps) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="omniglot")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--backbone", default="vig_small_28")
+    ap.add_argument("--backbone-from", default=None, help="checkpoint of a ProtoNet run (default: untrained)")
+    ap.add_argument("--prompt", default="vpt", help="a fixed prompt (vpt, gpf, gpf-plus, vgp)")
+    ap.add_argument("--blocks", default="all")
+    ap.add_argument("--nodes", type=int, default=4, help="prompt nodes per block (vpt, vgp)")
+    ap.add_argument("--ways", default="5")
+    ap.add_argument("--bank", default="100", help="test episodes per way (comma-separated, one per way)")
+    ap.add_argument("--steps", default="0,1,5,10")
+    ap.add_argument("--inits", default="random,fomaml,maml")
+    ap.add_argument("--clusters", default="2,4,8", help="DAM-VP cluster counts (besides the single prompt)")
+    ap.add_argument("--cluster-init", default="fomaml")
+    ap.add_argument("--cluster-steps", default=None, help="adaptation steps for DAM-VP rows (default: --steps)")
+    ap.add_argument("--meta-steps", type=int, default=40)
+    ap.add_argument("--meta-batch", type=int, default=4)
+    ap.add_argument("--inner-steps", type=int, default=1)
+    ap.add_argument("--inner-lr", type=float, default=0.1)
+    ap.add_argument("--meta-lr", type=float, default=1e-2)
+    ap.add_argument("--temperature", type=float, default=1.0, help="prototype matcher temperature")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--experiment", default="meta-prompts")
+    ap.add_argument("--no-track", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/meta_prompts")
+    ap.add_argument("--quick", action="store_true", help="tiny: test_vig on glyphs, 6 episodes, 2 meta-steps")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.dataset, args.backbone, args.bank, args.meta_steps, args.steps = "glyphs", "test_vig", "6", 2, "0,2"
+        args.clusters, args.meta_batch = "2", 2
+    torch.set_num_threads(args.threads)
+    splits = load_splits(args.dataset, args.data_root, None)
+    out = Path(args.out) / args.dataset
+    out.mkdir(parents=True, exist_ok=True)
+    ways = [int(w) for w in args.ways.split(",")]
+    sizes = [int(n) for n in args.bank.split(",")]
+    sizes = sizes * len(ways) if len(sizes) == 1 else sizes
+    banks = {w: EpisodeSampler(splits.test, w, 1, 15, seed=0).bank(n) for w, n in zip(ways, sizes)}
+    steps = [int(s) for s in args.steps.split(",")]
+    cluster_steps = steps if args.cluster_steps is None else [int(s) for s in args.cluster_steps.split(",")]
+    configs = [(init, 1) for init in args.inits.split(",") if init]
+    configs += [(args.cluster_init, int(c)) for c in args.clusters.split(",") if c]
+    rows = []
+    print(f"{args.dataset}: backbone {args.backbone_from or 'untrained ' + args.backbone} (frozen), prompt "
+          f"{args.prompt}; banks {dict(zip(ways, sizes))} episodes; meta-training {args.meta_steps} x "
+          f"{args.meta_batch} tasks, {args.inner_steps} inner step(s) at lr {args.inner_lr}", flush=True)
+    for init, clusters in configs:
+        backbone = models.create_backbone(args.backbone, img_size=splits.train.image_shape[-1],
+                                          in_chans=splits.train.image_shape[0])
+        if args.backbone_from:
+            load_backbone(backbone, args.backbone_from)
+        backbone.eval()
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        prompt = build(args, backbone, clusters, splits.train)
+        t0 = time.perf_counter()
+        if init != "random":
+            _, losses = meta.meta_train(prompt, backbone, tasks(splits.train, 5, 1, 5, args.seed), init,
+                                        inner_steps=args.inner_steps, inner_lr=args.inner_lr,
+                                        meta_batch=args.meta_batch, meta_lr=args.meta_lr, iterations=args.meta_steps)
+            print(f"  {init} C={clusters}: meta loss {losses[0]:.3f} -> {sum(losses[-5:]) / len(losses[-5:]):.3f} "
+                  f"(mean of last 5)", flush=True)
+        meta_s = time.perf_counter() - t0
+        # random init adapts exactly like the meta-learned ones: the same learner, loss and rate
+        model = PromptedModel(backbone, prompt, matchers.create("prototype", temperature=args.temperature),
+                              adapt="tune", meta_init="fomaml" if init == "random" else init,
+                              inner_lr=args.inner_lr, seed=args.seed).eval()
+        trainable = sum(p.numel() for p in prompt.parameters())
+        for way in ways:
+            for s in (steps if clusters == 1 else cluster_steps):
+                model.adapt_steps = s
+                t0 = time.perf_counter()
+                res = evaluate(model, splits.test, banks[way])
+                sec = (time.perf_counter() - t0) / len(banks[way])
+                row = {"dataset": args.dataset, "way": way, "init": init, "clusters": clusters, "steps": s,
+                       "acc": res.mean, "ci95": res.ci95, "episodes": res.episodes, "bank_id": res.bank_id,
+                       "trainable": trainable, "meta_train_s": meta_s, "sec_per_episode": sec,
+                       "episode_accuracies": [round(a, 6) for a in res.accuracies.tolist()]}
+                rows.append(row)
+                print(f"{way:>2}-way  init {init:<7} C={clusters}  {s:>2} steps: {100 * res.mean:6.2f} +- "
+                      f"{100 * res.ci95:5.2f}  ({res.episodes} eps, {sec:.2f} s/ep)", flush=True)
+                tracker = make_tracker(not args.no_track, None, args.experiment)
+                tracker.start(f"{args.dataset}-{init}-C{clusters}-{way}w1s-{s}steps",
+                              {k: row[k] for k in ("dataset", "way", "init", "clusters", "steps", "episodes", "bank_id",
+                                                   "trainable")} | {
+                                  "prompt": args.prompt, "backbone_from": args.backbone_from, "meta_steps": args.meta_steps,
+                                  "meta_batch": args.meta_batch, "inner_steps": args.inner_steps,
+                                  "inner_lr": args.inner_lr},
+                              tags={"command": "benchmarks/meta_prompts.py"})
+                tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95, "sec_per_episode": sec,
+                                     "meta_train_s": meta_s}, step=s)
+                tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n",
+                                 "test_episode_accuracies.txt")
+                tracker.end("FINISHED")
+                (out / "results.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, out / "accuracy_vs_steps.png", f"{args.dataset}, prompt {args.prompt}")
+    (out / "results.md").write_text(table(rows) + "\n")
+    print(table(rows))
+    tracker = make_tracker(not args.no_track, None, args.experiment)
+    tracker.start(f"{args.dataset}-summary", {"dataset": args.dataset, "prompt": args.prompt,
+                                              "backbone_from": args.backbone_from},
+                  tags={"command": "benchmarks/meta_prompts.py"})
+    for name in ("accuracy_vs_steps.png", "results.md", "results.json"):
+        tracker.log_artifact(out / name)
+    tracker.end("FINISHED")
+
+
+if __name__ == "__main__":
+    main()
