@@ -177,8 +177,12 @@ def train(config_file, as_json, resume, progress, **options):
     """
     from .training import train as run_training
 
+    from .distributed import is_main
+
     config = build_config(config_file, options)
     result = run_training(config, resume=resume, progress=progress)
+    if not is_main():  # under torchrun only rank 0 prints
+        return
     _emit(result, as_json, [
         f"test accuracy {100 * result['test_acc']:.2f} +- {100 * result['test_ci95']:.2f} % "
         f"({result['test_way']}-way {result['test_shot']}-shot, {result['test_episodes']} episodes, "

@@ -4,6 +4,12 @@ atomic checkpoints that a killed run resumes from, evaluation on a fixed test ba
 Resuming is exact: episode ``i`` is a pure function of ``(seed, i)``, the global RNG (dropout,
 drop-path) is re-seeded from ``(seed, i)`` before every step, and the checkpoint holds the model,
 optimiser and scheduler states. On CPU a resumed run ends bit-for-bit where an uninterrupted one does.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``; gloo on CPU, NCCL on CUDA) the model is wrapped in
+DistributedDataParallel: every rank trains on its own episode stream (rank 0 on the single-process
+stream, rank r on a sampler seeded by ``(seed, r)``), gradients are averaged across ranks, so one
+step sees ``world`` episodes. Validation and the test bank are split across ranks and gathered;
+only rank 0 writes checkpoints, tracks to MLflow and prints.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from episodes import EpisodeSampler, dataset_info, episode_seed, load_splits
 from .checkpoint import load_checkpoint, save_atomic
 from .compare import write_scores
 from .config import Config, ConfigError
+from .distributed import is_main, setup
 from .evaluation import autocast_for, evaluate
 from .model import build_model, count_parameters, default_backbone, to_input
 from .tracking import make_tracker
@@ -56,19 +63,33 @@ class Run:
     test_bank: object
     run_dir: Path
     backbone_name: str
+    rank: int = 0
+    world: int = 1
+    train_model: Optional[torch.nn.Module] = None  # DistributedDataParallel(model) under torchrun, else model
+
+    @property
+    def forward_model(self) -> torch.nn.Module:
+        return self.train_model if self.train_model is not None else self.model
 
 
 def prepare(config: Config) -> Run:
     """Load data, check episode sizes against every split, build the model. Raises before any output."""
+    rank, world = setup(config.threads or 1)  # joins torchrun's process group; (0, 1) otherwise
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    if world > 1 and config.meta_init != "none":
+        raise ConfigError("--meta-init under torchrun is not supported (learn2learn's clones do not go through "
+                          "DistributedDataParallel); run it in one process")
     info = dataset_info(config.dataset)
     splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
     img_size = splits.train.image_shape[-1]
     in_chans = splits.train.image_shape[0]
+    stream_seed = config.seed if rank == 0 else episode_seed(config.seed, 1_000_003 * rank)  # rank-seeded streams
     train_sampler = EpisodeSampler(splits.train, config.effective_train_way, config.effective_train_shot,
-                                   config.effective_train_query, seed=config.seed)
+                                   config.effective_train_query, seed=stream_seed)
     val_bank = None
     if config.val_episodes:
         val_bank = EpisodeSampler(splits.val, min(config.way, splits.val.num_classes), config.shot, config.query,
@@ -79,8 +100,15 @@ def prepare(config: Config) -> Run:
     model = build_model(config, img_size, in_chans).to(device)
     backbone_name = config.backbone or default_backbone(img_size)
     run_dir = Path(config.run_dir or Path("runs") / config.default_run_name(backbone_name))
-    log.info("dataset %s (%s)\n%s", info.name, info.description, splits.describe())
-    return Run(config, splits, model, device, train_sampler, val_bank, test_bank, run_dir, backbone_name)
+    if is_main():
+        log.info("dataset %s (%s)\n%s", info.name, info.description, splits.describe())
+    train_model = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=config.prompted)
+    return Run(config, splits, model, device, train_sampler, val_bank, test_bank, run_dir, backbone_name,
+               rank, world, train_model)
 
 
 def _state(run: Run, opt, sched, step: int, best: dict, run_id: Optional[str]) -> dict:
@@ -112,7 +140,7 @@ def _episodic_step(run: Run, step: int):
     """Back-propagate training episode ``step``'s query loss; ``(loss, accuracy)``."""
     s_img, s_lab, q_img, q_lab = _episode_batch(run, step)
     with autocast_for(run.device):
-        logits = run.model(s_img, s_lab, q_img)
+        logits = run.forward_model(s_img, s_lab, q_img)
     loss = F.cross_entropy(logits.float(), q_lab)
     loss.backward()
     return loss.detach(), (logits.argmax(-1) == q_lab).float().mean()
@@ -159,17 +187,19 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
         log.info("resuming %s at episode %d", run.run_dir, step)
     elif resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", run.run_dir)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run.run_dir.glob(".*.pt.tmp*"):  # temporary files of a run killed mid-write
-        stale.unlink(missing_ok=True)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if is_main():  # under torchrun rank 0 alone writes files and tracks
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run.run_dir.glob(".*.pt.tmp*"):  # temporary files of a run killed mid-write
+            stale.unlink(missing_ok=True)
+        (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    progress = progress and is_main()
 
     params = count_parameters(model)
-    tracker = make_tracker(config.track, config.tracking_uri, config.experiment)
+    tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment)
     tracker.start(run.run_dir.name, {**config.to_dict(), "backbone_resolved": run.backbone_name,
                                      "trainable_params": params["trainable"], "frozen_params": params["frozen"],
                                      "train_fingerprint": run.splits.train.fingerprint,
-                                     "test_bank_id": run.test_bank.bank_id}, run_id=run_id,
+                                     "test_bank_id": run.test_bank.bank_id, "world_size": run.world}, run_id=run_id,
                   tags={"command": "train"})
     if run_id is None:
         tracker.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
@@ -199,7 +229,7 @@ def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: 
     bar = tqdm(total=config.episodes, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     while step < config.episodes:
-        torch.manual_seed(episode_seed(config.seed + 7919, step))  # dropout / drop-path: pure in (seed, step)
+        torch.manual_seed(episode_seed(config.seed + 7919 + 104_729 * run.rank, step))  # dropout: pure in (seed, rank, step)
         opt.zero_grad(set_to_none=True)
         loss, acc = step_fn(run, step)
         if config.grad_clip > 0:
@@ -215,15 +245,18 @@ def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: 
         if run.val_bank is not None and (step % config.val_every == 0 or step == config.episodes):
             val = evaluate(model, run.splits.val, run.val_bank, run.device)
             tracker.log_metrics({"val_acc": val.mean, "val_ci95": val.ci95}, step=step)
-            if val.mean > best["acc"]:
+            if val.mean > best["acc"]:  # the same on every rank: validation is gathered
                 best.update(acc=val.mean, step=step)
-                save_atomic({"model": model.state_dict(), "step": step, "val_acc": val.mean}, best_path)
-            bar.write(f"episode {step}: val {val}", file=sys.stderr)
+                if is_main():
+                    save_atomic({"model": model.state_dict(), "step": step, "val_acc": val.mean}, best_path)
+            if is_main():
+                bar.write(f"episode {step}: val {val}", file=sys.stderr)
         if step % config.checkpoint_every == 0 or step == config.episodes:
             for name, values in pending.items():  # one step per logged value, then checkpoint
                 tracker.log_metric_history(name, values, start_step=step - len(values) + 1)
                 values.clear()
-            save_atomic(_state(run, opt, sched, step, best, tracker.run_id), last)
+            if is_main():
+                save_atomic(_state(run, opt, sched, step, best, tracker.run_id), last)
     bar.close()
     if step > first:
         tracker.log_metrics({"train_episodes_per_s": (step - first) / (time.perf_counter() - t0)}, step=step)
@@ -233,6 +266,8 @@ def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: 
 def _final_evaluation(run: Run, best: dict, tracker, progress: bool) -> dict:
     config, model = run.config, run.model
     best_path = run.run_dir / "best.pt"
+    if run.world > 1:
+        torch.distributed.barrier()  # rank 0 has written best.pt
     if run.val_bank is not None and best_path.exists():
         model.load_state_dict(load_checkpoint(best_path)["model"])
     t0 = time.perf_counter()
@@ -245,7 +280,8 @@ def _final_evaluation(run: Run, best: dict, tracker, progress: bool) -> dict:
     tracker.log_metrics({"test_acc": test.mean, "test_ci95": test.ci95, "eval_seconds": eval_s}, step=config.episodes)
     tracker.log_text("\n".join(f"{a:.6f}" for a in test.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
     tracker.log_dict(result, "result.json")
-    write_scores(run.run_dir, test.accuracies.tolist(), result)  # result.json + per-episode accuracies
+    if is_main():
+        write_scores(run.run_dir, test.accuracies.tolist(), result)  # result.json + per-episode accuracies
     if getattr(tracker, "tracking_uri", None) and tracker.run_id:  # curves come from the MLflow history
         from .plots import learning_curves, mlflow_history
         png = learning_curves(mlflow_history(tracker.tracking_uri, tracker.run_id), run.run_dir / "learning_curves.png",

@@ -58,3 +58,62 @@ def test_two_gloo_ranks_match_one_process_episode_by_episode(tmp_path):
     assert res2["test_bank_id"] == res1["test_bank_id"] and res2["test_episodes"] == 11
     np.testing.assert_array_equal(np.loadtxt(acc_file), single)
     assert res2["test_acc"] == res1["test_acc"]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_with_ddp_on_rank_seeded_streams(tmp_path):
+    """torchrun, 2 CPU ranks: the weights after 3 steps equal a one-process reference that averages
+    the gradients of rank 0's episode (the single-process stream) and rank 1's (seeded by (seed, 1)),
+    then clips and takes the Adam step; rank 0 alone writes and prints."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from episodes import EpisodeSampler, episode_seed
+    from fewshot.checkpoint import load_checkpoint
+    from fewshot.config import Config
+    from fewshot.training import prepare
+
+    steps = 3
+    run_dir = tmp_path / "ddp"
+    args = ["train", *TINY, "--episodes", str(steps), "--run-dir", str(run_dir), "--no-track", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "fewshot", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = [ln for ln in p.stdout.strip().splitlines() if ln.startswith("{")]
+    assert len(lines) == 1 and json.loads(lines[0])["test_episodes"] == 11
+    ddp_state = load_checkpoint(run_dir / "last.pt")["model"]
+
+    cfg = Config(dataset="glyphs", backbone="test_vig", way=3, shot=1, query=2, eval_episodes=11, val_episodes=0,
+                 episodes=steps, track=False, threads=1, run_dir=str(tmp_path / "ref"))
+    run = prepare(cfg)
+    model = run.model.train()
+    streams = [run.train_sampler, EpisodeSampler(run.splits.train, 3, 1, 2, seed=episode_seed(cfg.seed, 1_000_003))]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    images = run.splits.train.images
+    for step in range(steps):
+        grads = []
+        for rank, sampler in enumerate(streams):
+            net = model if rank == 0 else copy.deepcopy(model)  # rank 0's buffers are the ones DDP keeps
+            net.zero_grad(set_to_none=True)
+            torch.manual_seed(episode_seed(cfg.seed + 7919 + 104_729 * rank, step))
+            ep = sampler[step]
+            F.cross_entropy(net(images[ep.support], ep.support_labels, images[ep.query]), ep.query_labels).backward()
+            grads.append([q.grad.clone() for q in net.parameters()])
+        for q, g0, g1 in zip(model.parameters(), *grads):
+            q.grad = (g0 + g1) / 2
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+    ref = model.state_dict()
+    for k, v in ref.items():
+        torch.testing.assert_close(ddp_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # and rank 1's stream mattered: a one-process run (rank 0's stream only) ends elsewhere
+    one = CliRunner().invoke(cli, ["train", *TINY, "--episodes", str(steps), "--run-dir", str(tmp_path / "one"),
+                                   "--no-track"])
+    assert one.exit_code == 0, one.output
+    single = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    assert any(not torch.allclose(single[k].float(), v.float()) for k, v in ref.items())
