@@ -79,3 +79,29 @@ class TestContract:
     def test_bad_arguments_raise_value_error_naming_the_argument(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
             Conv4(**kwargs)
+
+
+def test_channels_last_layout_gives_the_same_gradients():
+    """build_model puts Conv-4 in channels-last (faster on CPU); its float32 gradients must match the
+    contiguous model's against a float64 reference (BatchNorm backward on strided layouts has
+    been wrong before in this torch, see models/vig.py)."""
+    import copy
+
+    from fewshot.config import Config
+    from fewshot.model import build_model
+
+    model = build_model(Config(backbone="conv4", track=False), 28, 1)
+    assert model.backbone.blocks[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    ref_net = copy.deepcopy(model.backbone).double()
+    x = torch.randn(8, 1, 28, 28, dtype=torch.float64)
+
+    def grads(net, x):
+        net.zero_grad()
+        net.forward_head(net.forward_features(x), pre_logits=True).sin().sum().backward()
+        return {n: p.grad.double() for n, p in net.named_parameters() if not (n.endswith("conv.bias"))}
+
+    ref = grads(ref_net, x)
+    for net in (model.backbone, copy.deepcopy(model.backbone).to(memory_format=torch.contiguous_format)):
+        for name, g in grads(net, x.float()).items():
+            assert float((g - ref[name]).norm() / ref[name].norm()) < 1e-4, name
