@@ -11,6 +11,7 @@ dependencies) into ``benchmarks/.easyfsl``, which this script puts on ``sys.path
 Usage:
     python benchmarks/throughput.py --quick            # 200 episodes per bank
     python benchmarks/throughput.py --episodes 2000    # default
+    python benchmarks/throughput.py --settings 5x1     # one setting
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--episodes", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--settings", default="5x1,20x5", help="way x shot settings, comma-separated")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "omniglot"))
     args = ap.parse_args()
     episodes = 200 if args.quick else args.episodes
@@ -74,7 +76,7 @@ def main():
     model = EpisodicModel(backbone, PrototypeMatcher())
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, threads {args.threads}, {episodes} episodes/bank")
     print(f"{'setting':<16}{'distinct imgs':>14}{'ours ep/s':>11}{'easyfsl ep/s':>14}{'ratio':>8}{'same':>6}")
-    for way, shot in ((5, 1), (20, 5)):
+    for way, shot in (tuple(int(v) for v in item.split("x")) for item in args.settings.split(",")):
         bank = EpisodeSampler(images, way, shot, 15, seed=0).bank(episodes)
         distinct = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()])).numel()
         t = time.perf_counter()
