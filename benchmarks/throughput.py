@@ -3,7 +3,9 @@
 Both score the same EpisodeBank of omniglot-minimal's test split with the same Conv-4 weights
 (``models.conv4``, untrained, seeded) and the same number of torch threads; easyfsl's
 ``PrototypicalNetworks`` wraps our backbone and is called once per episode, as its own evaluation
-loop does. The per-episode accuracies must be identical (checked, reported as ``same``).
+loop does. ``same episodes`` counts the episodes whose accuracies are identical: easyfsl ranks by
+the Euclidean distance and we by its square, so they can differ only at float near-ties (2 of
+2000 5-way 1-shot episodes with the untrained Conv-4, one query each).
 
 easyfsl is not a dependency: ``bash benchmarks/setup_easyfsl.sh`` installs it (without its
 dependencies) into ``benchmarks/.easyfsl``, which this script puts on ``sys.path``.
@@ -75,7 +77,7 @@ def main():
     backbone = create_backbone("conv4", in_chans=images.images.shape[1]).eval()
     model = EpisodicModel(backbone, PrototypeMatcher())
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, threads {args.threads}, {episodes} episodes/bank")
-    print(f"{'setting':<16}{'distinct imgs':>14}{'ours ep/s':>11}{'easyfsl ep/s':>14}{'ratio':>8}{'same':>6}")
+    print(f"{'setting':<16}{'distinct imgs':>14}{'ours ep/s':>11}{'easyfsl ep/s':>14}{'ratio':>8}{'same episodes':>15}")
     for way, shot in (tuple(int(v) for v in item.split("x")) for item in args.settings.split(",")):
         bank = EpisodeSampler(images, way, shot, 15, seed=0).bank(episodes)
         distinct = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()])).numel()
@@ -85,9 +87,11 @@ def main():
         t = time.perf_counter()
         theirs = easyfsl_eval(backbone, images, bank)
         t_theirs = time.perf_counter() - t
-        same = bool(torch.equal(ours, theirs))
+        # easyfsl scores with the plain Euclidean distance and we with its square: the same argmax
+        # except at float near-ties, so a rare episode may differ by one query; count them
+        same = f"{int((ours == theirs).sum())}/{len(bank)}"
         print(f"{f'{way}-way {shot}-shot':<16}{distinct:>14}{episodes / t_ours:>11.1f}{episodes / t_theirs:>14.1f}"
-              f"{t_theirs / t_ours:>7.1f}x{str(same):>6}")
+              f"{t_theirs / t_ours:>7.1f}x{same:>15}")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
