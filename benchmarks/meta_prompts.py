@@ -58,7 +58,9 @@ def build(args, backbone, clusters: int, train_set):
     """The prompt: ``args.prompt`` itself, or DAM-VP around it with centroids fitted on training images."""
     torch.manual_seed(args.seed)
     if clusters == 1:
-        return prompts.create(args.prompt, backbone, blocks=args.blocks, num_nodes=args.nodes)
+        options = {"blocks": args.blocks, "num_nodes": args.nodes}
+        accepted = prompts.accepted_options(args.prompt)
+        return prompts.create(args.prompt, backbone, **{k: v for k, v in options.items() if k in accepted})
     prompt = prompts.create("damvp", backbone, blocks=args.blocks, num_nodes=args.nodes, clusters=clusters,
                             base=args.prompt)
     idx = torch.randperm(len(train_set.images), generator=torch.Generator().manual_seed(args.seed))[:4096]
