@@ -21,6 +21,10 @@ ADAPT_MODES = ("amortised", "tune", "head", "full", "linear")
 """Ways a frozen backbone is adapted per episode (see :mod:`fewshot.prompting`)."""
 
 
+BOOKKEEPING = frozenset({"run_dir", "experiment", "tracking_uri", "track", "threads", "device", "cache"})
+"""Config fields that do not change results (left out of the digest and of resume checks)."""
+
+
 class ConfigError(ValueError):
     """A configuration value or file is unusable; the message says which and why."""
 
@@ -171,9 +175,20 @@ class Config:
 
     def digest(self) -> str:
         """Hash of the settings that change results (not the bookkeeping ones)."""
-        skip = {"run_dir", "experiment", "tracking_uri", "track", "threads", "device", "cache"}
-        d = {k: v for k, v in self.to_dict().items() if k not in skip}
+        d = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+    def differences(self, saved: Mapping[str, Any]) -> list:
+        """Settings that change results and differ from ``saved`` (a run's stored ``to_dict()``), as
+        ``"name: saved -> now"``. A field ``saved`` lacks (added to Config after it was written)
+        counts as its default, so old runs still resume."""
+        out = []
+        for name, f in _FIELDS.items():
+            then = saved.get(name, f.default)
+            now = getattr(self, name)
+            if name not in BOOKKEEPING and then != now and not (isinstance(now, tuple) and list(now) == then):
+                out.append(f"{name}: {then!r} -> {now!r}")
+        return out
 
     def default_run_name(self, backbone: str) -> str:
         return f"{self.dataset}-{backbone}-{self.way}w{self.shot}s-seed{self.seed}-{self.digest()}"

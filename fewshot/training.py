@@ -119,9 +119,12 @@ def _state(run: Run, opt, sched, step: int, best: dict, run_id: Optional[str]) -
 
 def _resume(run: Run, opt, sched, path: Path):
     ckpt = load_checkpoint(path)
-    if ckpt.get("config_digest") != run.config.digest():
-        raise ConfigError(f"{path} was written by a run with other settings (digest {ckpt.get('config_digest')} "
-                          f"vs {run.config.digest()}); resume with the same options or pick another --run-dir")
+    saved = json.loads(ckpt["config"]) if ckpt.get("config") else None
+    changed = run.config.differences(saved) if saved is not None else (
+        [] if ckpt.get("config_digest") == run.config.digest() else ["(settings digest)"])
+    if changed:
+        raise ConfigError(f"{path} was written by a run with other settings ({'; '.join(changed)}); "
+                          "resume with the same options or pick another --run-dir")
     run.model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])

@@ -71,3 +71,13 @@ def test_missing_and_truncated_checkpoints_are_named(tmp_path):
     p.write_bytes(p.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="half.pt"):
         load_checkpoint(p)
+
+
+def test_differences_name_changed_settings_and_accept_fields_added_since():
+    base = Config(lr=1e-3)
+    saved = base.to_dict()
+    del saved["clusters"]                     # a run written before the field existed
+    saved["run_dir"] = "elsewhere"            # bookkeeping: never compared
+    assert base.differences(saved) == []
+    assert base.replace(lr=2e-3).differences(saved) == ["lr: 0.001 -> 0.002"]
+    assert base.replace(clusters=8).differences(saved) == ["clusters: 4 -> 8"]
