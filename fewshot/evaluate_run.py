@@ -7,19 +7,18 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 import yaml
 
 from episodes import EpisodeBank, EpisodeSampler, load_splits
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .compare import write_scores
-from .distributed import is_main, setup, world_size
+from .distributed import is_main
 from .config import Config, ConfigError, merge
 from .evaluation import evaluate
 from .model import build_model, count_parameters, default_backbone
 from .tracking import make_tracker
-from .training import resolve_device
+from .training import start_process
 
 __all__ = ["load_run_config", "load_trained_model", "evaluate_run"]
 
@@ -52,12 +51,7 @@ def load_trained_model(run_dir: Path, config: Config, images, checkpoint: str = 
 def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
                  progress: bool = True) -> dict:
     """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
-    setup(config.threads or 1)  # joins torchrun's process group when WORLD_SIZE > 1; no-op otherwise
-    device = resolve_device(config.device)
-    if world_size() > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    _, _, device = start_process(config)  # joins torchrun's process group when WORLD_SIZE > 1
     splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
     test = splits.test
     if bank_file:

@@ -92,7 +92,6 @@ class PromptedModel(nn.Module):
             raise ValueError("prompted models score pooled embeddings: use a pooled matcher such as prototype")
         self.backbone, self.prompt, self.matcher = freeze(backbone), prompt, matcher
         self.adapt, self.adapt_steps, self.adapt_lr, self.views, self.seed = adapt, adapt_steps, adapt_lr, views, seed
-        self.meta_init = meta_init
         self.learner = None
         if meta_init != "none":
             if adapt != "tune":

@@ -36,7 +36,7 @@ from .evaluation import autocast_for, evaluate
 from .model import build_model, count_parameters, default_backbone, to_input
 from .tracking import make_tracker
 
-__all__ = ["Run", "prepare", "train", "resolve_device"]
+__all__ = ["Run", "prepare", "train", "resolve_device", "start_process"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,19 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     return device
+
+
+def start_process(config: Config) -> tuple:
+    """Join torchrun's process group when ``WORLD_SIZE > 1``, set the torch threads and pick the device
+    (under torchrun on CUDA: this rank's GPU). Returns ``(rank, world, device)``; ``(0, 1, device)``
+    in a single process."""
+    rank, world = setup(config.threads or 1)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return rank, world, device
 
 
 @dataclass
@@ -74,12 +87,7 @@ class Run:
 
 def prepare(config: Config) -> Run:
     """Load data, check episode sizes against every split, build the model. Raises before any output."""
-    rank, world = setup(config.threads or 1)  # joins torchrun's process group; (0, 1) otherwise
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
+    rank, world, device = start_process(config)
     if world > 1 and config.meta_init != "none":
         raise ConfigError("--meta-init under torchrun is not supported (learn2learn's clones do not go through "
                           "DistributedDataParallel); run it in one process")
@@ -155,8 +163,7 @@ def _meta_step(run: Run, step: int):
     from prompts.meta import meta_step
 
     b = run.config.meta_batch
-    tasks = [tuple(to_input(t) if t.dtype == torch.uint8 else t for t in _episode_batch(run, step * b + j))
-             for j in range(b)]
+    tasks = [tuple(map(to_input, _episode_batch(run, step * b + j))) for j in range(b)]  # labels pass through
     return meta_step(run.model.learner, run.model.backbone, tasks, run.config.inner_steps, run.device,
                      amp=run.device.type == "cuda")
 

@@ -4,8 +4,9 @@ Only the prompt's parameters are meta-learned; the backbone stays frozen (``requ
 False) and *outside* the wrapped module, reached through the prompt's hooks in the forward pass.
 Per task: ``learner = meta.clone()``, ``learner.adapt(support_loss)`` for ``inner_steps``, then the
 query loss of the adapted learner; the mean query loss over ``meta_batch`` tasks updates the meta
-prompt (Adam). At test time :func:`adapt_prompt` starts each episode from the meta prompt and tunes
-a copy on the support set only.
+prompt (Adam). At test time ``fewshot.prompting.PromptedModel`` clones the learner per episode and
+``adapt()``s the clone on the support set only (Meta-SGD with its learned rates);
+:func:`adapt_prompt` is the same with plain SGD on a copy, for notebooks.
 
 ``learn2learn`` is imported lazily (it prints gym's notice on import), only in :func:`wrap`.
 
