@@ -45,9 +45,23 @@ def test_cluster_prompts_are_independent_and_images_use_their_clusters_prompt():
     with torch.no_grad():
         cp.prompts[1].vectors.add_(0.5)
     assert torch.equal(cp.prompts[0].vectors, base.vectors)      # independent parameters
+    with torch.no_grad():
+        for c, p in enumerate(cp.prompts):   # distinct prompts per cluster, so routing matters
+            p.vectors.copy_(torch.randn(p.vectors.shape, generator=torch.Generator().manual_seed(10 + c)))
     nodes, _ = cp.forward_nodes(bb, images)
+    # reference from the definition: image i goes to its nearest centroid c (brute force over the
+    # unprompted pooled features) and every patch node gets c's vector added before each block
+    cents = cp.centroids
     for i in range(6):
-        ref, _ = cp.prompts[int(assign[i])].forward_nodes(bb, images[i:i + 1])
+        c = min(range(2), key=lambda c: float(((feats[i] - cents[c]) ** 2).sum()))
+        assert int(assign[i]) == c
+        vectors = cp.prompts[c].vectors.detach()
+
+        def add_vector(block, x, mask, v=vectors):
+            return x + v[block], mask
+
+        with torch.no_grad():
+            ref = bb.forward_features(images[i:i + 1], block_hook=add_vector)
         torch.testing.assert_close(nodes[i], ref[0], rtol=1e-3, atol=1e-4)  # batch-size float32 rounding
     loss = nodes[assign == 1].sum()
     loss.backward()
@@ -73,8 +87,17 @@ def test_registered_damvp_copies_its_base_prompt_and_needs_fitted_centroids():
         cp.forward_nodes(bb, images)
     sizes = cp.fit_clusters(bb, images, seed=0)
     assert int(sizes.sum()) == 8 and bool(cp.fitted)
-    # the fitted centroids are k-means on the unprompted pooled features (same seed, same result)
-    torch.testing.assert_close(cp.centroids, damvp.fit_centroids(damvp.pooled_features(bb, images), 3, seed=0))
+    # the fitted centroids are k-means on the unprompted pooled features: a fixed point of Lloyd's
+    # iteration (each centroid is the mean of the features nearest to it), checked by brute force
+    with torch.no_grad():
+        feats = bb.forward_head(bb.forward_features(images), pre_logits=True).double()
+    cents = cp.centroids.double()
+    nearest = [min(range(3), key=lambda c: float(((f - cents[c]) ** 2).sum())) for f in feats]
+    assert sizes.tolist() == [nearest.count(c) for c in range(3)] and min(sizes.tolist()) >= 1
+    for c in range(3):
+        members = feats[[i for i in range(8) if nearest[i] == c]]
+        torch.testing.assert_close(cents[c], members.mean(0), rtol=1e-4, atol=1e-4)
+    assert cp.assign(bb, images).tolist() == nearest
     nodes, mask = cp.forward_nodes(bb, images)
     assert nodes.shape == (8, cp.num_patch_nodes, bb.embed_dim) and mask is None
     # centroids travel in the state dict, so a checkpoint routes the same way

@@ -1,6 +1,8 @@
 """Graph prompts: node counts, deletion, gradients, shapes, determinism (tiny test_vig backbone)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -180,40 +182,93 @@ def test_gpf_adds_the_same_vector_to_every_patch_node(backbone, episode):
     assert y is x
 
 
+def linear_loop(weight, bias, v):
+    """``weight @ v + bias`` written out: [out, in], [out], [in] -> list of floats."""
+    return [float(bias[o]) + sum(float(weight[o, t]) * float(v[t]) for t in range(len(v))) for o in range(weight.shape[0])]
+
+
 def test_gpf_plus_is_attention_over_the_basis(backbone):
-    prompt = prompts.create("gpf-plus", backbone, blocks="0", basis_size=3)
+    """GPF-plus (Fang et al., NeurIPS 2023, eq. 6): node i gets ``p_i = sum_j alpha_ij p_j`` with
+    ``alpha_ij = exp(a_j . x_i + b_j) / sum_l exp(a_l . x_i + b_l)`` over K basis vectors p_j; only the
+    N0 patch nodes are prompted, nodes appended after them and unprompted blocks are left alone."""
+    torch.manual_seed(0)
+    prompt = prompts.create("gpf-plus", backbone, blocks="1", basis_size=3)
     with torch.no_grad():
         prompt.basis.normal_()
-    x = torch.randn(2, 49, backbone.embed_dim)
-    y, _ = prompt.block_hook(0, x, torch.ones(2, 49, dtype=torch.bool))
-    expected = x + torch.softmax(prompt.attn[0](x), -1) @ prompt.basis[0]
-    torch.testing.assert_close(y, expected)
+    basis = prompt.basis.detach()[0]                             # [K, D]
+    a, b = prompt.attn[0].weight.detach(), prompt.attn[0].bias.detach()
+    d, n0 = backbone.embed_dim, 49
+    x = torch.randn(2, n0 + 2, d, generator=torch.Generator().manual_seed(7))   # two appended nodes
+    mask = torch.ones(2, n0 + 2, dtype=torch.bool)
+    with torch.no_grad():
+        y, m = prompt.block_hook(1, x, mask)
+        untouched, _ = prompt.block_hook(0, x, mask)
+    ref = x.clone().double()
+    for bi in range(2):
+        for i in range(n0):
+            scores = linear_loop(a, b, x[bi, i])
+            top = max(scores)
+            e = [math.exp(sc - top) for sc in scores]
+            alpha = [v / sum(e) for v in e]
+            for c in range(d):
+                ref[bi, i, c] += sum(alpha[j] * float(basis[j, c]) for j in range(3))
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y[:, n0:], x[:, n0:]) and torch.equal(m, mask)
+    assert torch.equal(untouched, x)
 
 
-def test_vgp_low_rank_shapes_and_edge_prompt_against_loop(backbone):
+def test_vgp_low_rank_shapes_and_prompts_against_loops(backbone):
+    """VGP (Ai, Liu and Zhou, ICML 2025), per prompted block, written out entry by entry:
+    SeLo-Node ``x_i <- x_i + a_n sum_r (W_n x_i + b_n)_r P_n[r]``; SeLo-Graph virtual nodes ``V P_g``
+    appended after the patch nodes; SeLo-Edge ``h_i <- h_i + a_e sum_r mean_{j in N(i)} (W_e h_j + b_e)_r P_e[r]``."""
+    torch.manual_seed(0)
     prompt = prompts.create("vgp", backbone, blocks="0", num_nodes=2, rank=3)
     p = prompt.per_block[0]
-    d = backbone.embed_dim
-    assert p.virtual.shape == (2, 3) and p.graph_prompt.shape == (3, d)
-    assert p.node_prompt.shape == (3, d) and p.edge_prompt.shape == (3, d)
-    assert p.node_down.weight.shape == (3, d) and p.edge_down.weight.shape == (3, d)
-    assert p.virtual_nodes().shape == (2, d)
+    d, r = backbone.embed_dim, 3
+    assert p.virtual.shape == (2, r) and p.graph_prompt.shape == (r, d)
+    assert p.node_prompt.shape == (r, d) and p.edge_prompt.shape == (r, d)
+    assert p.node_down.weight.shape == (r, d) and p.edge_down.weight.shape == (r, d)
     with torch.no_grad():
         p.edge_prompt.normal_()
         p.node_prompt.normal_()
-    h = torch.randn(2, 5, d)
-    nb = torch.randint(0, 5, (2, 5, 3))
-    out = prompt.graph_hook(0, h, nb)
-    ref = h.clone()
+        p.node_scale.fill_(0.7)
+        p.edge_scale.fill_(1.3)
+    det = {k: v.detach() for k, v in p.named_parameters()}
+    # edge prompt
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 5, d, generator=g)
+    nb = torch.randint(0, 5, (2, 5, 3), generator=g)
+    with torch.no_grad():
+        out = prompt.graph_hook(0, h, nb)
+    ref = h.clone().double()
     for b in range(2):
         for i in range(5):
-            low = torch.stack([p.edge_down(h[b, j]) for j in nb[b, i]]).mean(0)
-            ref[b, i] += p.edge_scale * (low @ p.edge_prompt)
-    torch.testing.assert_close(out, ref)
-    x = torch.randn(2, 49, d)
-    y, m = prompt.block_hook(0, x, torch.ones(2, 49, dtype=torch.bool))
-    assert y.shape == (2, 51, d) and bool(m.all())
-    torch.testing.assert_close(y[:, :49], x + p.node_scale * (p.node_down(x) @ p.node_prompt))
+            lows = [linear_loop(det["edge_down.weight"], det["edge_down.bias"], h[b, j]) for j in nb[b, i].tolist()]
+            mean = [sum(low[t] for low in lows) / len(lows) for t in range(r)]
+            for c in range(d):
+                ref[b, i, c] += 1.3 * sum(mean[t] * float(det["edge_prompt"][t, c]) for t in range(r))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    # node prompt and virtual nodes
+    x = torch.randn(2, 49, d, generator=g)
+    with torch.no_grad():
+        y, m = prompt.block_hook(0, x, torch.ones(2, 49, dtype=torch.bool))
+    assert y.shape == (2, 51, d) and m.shape == (2, 51) and bool(m.all())
+    ref = x.clone().double()
+    for b in range(2):
+        for i in range(49):
+            low = linear_loop(det["node_down.weight"], det["node_down.bias"], x[b, i])
+            for c in range(d):
+                ref[b, i, c] += 0.7 * sum(low[t] * float(det["node_prompt"][t, c]) for t in range(r))
+    torch.testing.assert_close(y[:, :49].double(), ref, rtol=1e-5, atol=1e-5)
+    virtual = torch.tensor([[sum(float(det["virtual"][mi, t]) * float(det["graph_prompt"][t, c]) for t in range(r))
+                             for c in range(d)] for mi in range(2)], dtype=torch.float64)
+    for b in range(2):
+        torch.testing.assert_close(y[b, 49:].double(), virtual, rtol=1e-5, atol=1e-6)
+    # a block that is not prompted is left alone
+    with torch.no_grad():
+        same, _ = prompt.block_hook(1, x, torch.ones(2, 49, dtype=torch.bool))
+        assert torch.equal(prompt.graph_hook(1, h, nb), h)
+    assert torch.equal(same, x)
 
 
 def test_fresh_zero_initialised_prompts_change_nothing(backbone, episode):
