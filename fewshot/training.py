@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from episodes import EpisodeSampler, dataset_info, episode_seed, load_splits
+from episodes.augment import create_augment
 
 from .checkpoint import load_checkpoint, save_atomic
 from .compare import write_scores
@@ -34,6 +35,7 @@ from .config import Config, ConfigError
 from .distributed import is_main, setup
 from .evaluation import autocast_for, evaluate
 from .model import build_model, count_parameters, default_backbone, to_input
+from .pretraining import pretrain
 from .tracking import make_tracker
 
 __all__ = ["Run", "prepare", "train", "resolve_device", "start_process"]
@@ -79,6 +81,7 @@ class Run:
     rank: int = 0
     world: int = 1
     train_model: Optional[torch.nn.Module] = None  # DistributedDataParallel(model) under torchrun, else model
+    augment: Optional[Callable] = None  # episodes.augment policy of --augment (None: off)
 
     @property
     def forward_model(self) -> torch.nn.Module:
@@ -91,6 +94,8 @@ def prepare(config: Config) -> Run:
     if world > 1 and config.meta_init != "none":
         raise ConfigError("--meta-init under torchrun is not supported (learn2learn's clones do not go through "
                           "DistributedDataParallel); run it in one process")
+    if world > 1 and config.pretrain_epochs:
+        raise ConfigError("--pretrain-epochs under torchrun is not supported yet; run it in one process")
     info = dataset_info(config.dataset)
     splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
     img_size = splits.train.image_shape[-1]
@@ -116,7 +121,7 @@ def prepare(config: Config) -> Run:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=config.prompted)
     return Run(config, splits, model, device, train_sampler, val_bank, test_bank, run_dir, backbone_name,
-               rank, world, train_model)
+               rank, world, train_model, create_augment(config.augment))
 
 
 def _state(run: Run, opt, sched, step: int, best: dict, run_id: Optional[str]) -> dict:
@@ -140,11 +145,18 @@ def _resume(run: Run, opt, sched, path: Path):
 
 
 def _episode_batch(run: Run, step: int):
+    """Training episode ``step`` on the device: ``(support [S, C, H, W] uint8, support_labels [S],
+    query [Q, C, H, W] uint8, query_labels [Q])``, augmented by ``--augment`` with a generator seeded
+    from ``(seed, rank, step)``, so a resumed run sees the same images."""
     ep = run.train_sampler[step]
     images = run.splits.train.images
     d = run.device
-    return (images[ep.support].to(d, non_blocking=True), ep.support_labels.to(d),
-            images[ep.query].to(d, non_blocking=True), ep.query_labels.to(d))
+    support, query = images[ep.support].to(d, non_blocking=True), images[ep.query].to(d, non_blocking=True)
+    if run.augment is not None:
+        g = torch.Generator().manual_seed(episode_seed(run.config.seed + 104_723 + 1_000_003 * run.rank, step))
+        both = run.augment(torch.cat([support, query]), g)
+        support, query = both[:len(support)], both[len(support):]
+    return support, ep.support_labels.to(d), query, ep.query_labels.to(d)
 
 
 def _episodic_step(run: Run, step: int):
@@ -217,6 +229,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     status = "FAILED"
     try:
         _fit_clusters(run)
+        if step == 0:  # a run resumed mid-way through episodic training has finished pretraining
+            pretrain(run, tracker, resume, progress)
         if trainable:
             step = _train_loop(run, opt, sched, step, best, tracker, progress)
         result = _final_evaluation(run, best, tracker, progress)

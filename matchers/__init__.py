@@ -11,10 +11,11 @@ Example:
     >>> logits = PrototypeMatcher(metric="cosine")(support, support_labels, query)
 """
 from .base import Matcher, create, get, list_matchers, register_matcher, validate_episode
+from .dn4 import DN4Matcher
 from .hungarian import HungarianMatcher
 from .knn import KNNMatcher
 from .patch_voting import PatchVotingMatcher
 from .prototype import PrototypeMatcher
 
-__all__ = ["HungarianMatcher", "KNNMatcher", "Matcher", "PatchVotingMatcher", "PrototypeMatcher", "create", "get",
+__all__ = ["DN4Matcher", "HungarianMatcher", "KNNMatcher", "Matcher", "PatchVotingMatcher", "PrototypeMatcher", "create", "get",
            "list_matchers", "register_matcher", "validate_episode"]
