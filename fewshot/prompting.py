@@ -217,18 +217,18 @@ class PromptedModel(nn.Module):
 
 
 def load_backbone(backbone: nn.Module, path) -> nn.Module:
-    """Load ``backbone``'s weights from a fewshot checkpoint (an EpisodicModel's ``backbone.*`` keys,
-    or a bare backbone state dict); ``CheckpointError`` naming the file when they do not fit."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    """Load ``backbone``'s weights, all or nothing, from a fewshot checkpoint (``best.pt``, a
+    pre-training checkpoint, a bare state dict) or the authors' ViG release files; which one it got
+    is logged (``models.checkpoints.load_backbone_weights``). ``CheckpointError`` in one line, naming
+    the file, when it is unreadable or does not fit."""
+    from models.checkpoints import BackboneCheckpointError, load_backbone_weights
 
-    state = load_checkpoint(path)["model"]
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    from .checkpoint import CheckpointError
+
     try:
-        backbone.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: its backbone does not fit {type(backbone).__name__} "
-                              f"({str(e).splitlines()[0]}); pass the same --backbone it was trained with") from e
+        load_backbone_weights(backbone, path)
+    except BackboneCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     return backbone
 
 

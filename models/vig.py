@@ -578,16 +578,61 @@ def _init_module(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def checkpoint_filter_fn(state_dict: dict, model: VisionGNN) -> dict:
+    """Map a checkpoint of the authors' isotropic ViG onto :class:`VisionGNN` (timm's filter convention).
+
+    Their layout (``vig_pytorch/vig.py``) -> ours: ``backbone.{i}.0.fc1`` -> ``blocks.{i}.grapher.fc_in``,
+    ``backbone.{i}.0.graph_conv.gconv.nn.{0,1}`` -> ``blocks.{i}.grapher.graph_conv.{conv,norm}``,
+    ``backbone.{i}.0.fc2`` -> ``blocks.{i}.grapher.fc_out``, ``backbone.{i}.1.fc{1,2}`` ->
+    ``blocks.{i}.ffn.fc{1,2}``; ``stem.*`` and ``pos_embed`` keep their names (the position
+    embedding is resized bilinearly when the model's grid differs, the first convolution summed
+    over RGB as timm does when the model takes other channels); the head ``prediction.{0,1,4}``
+    (1x1 convs) -> ``head.{pre_fc,norm,fc}`` (linear weights), dropped when the model has no
+    classifier. Their model has no normalisation after the last block: when ours has the BatchNorm
+    (``final_norm=True``), it is given the statistics of an eval-mode identity (mean 0, variance
+    ``1 - eps``, weight 1, bias 0); ``pretrained=True`` builds the model without it. A state dict
+    already in our layout (also under a ``backbone.`` prefix) passes through unchanged.
+    """
+    from .checkpoints import (adapt_first_conv, identity_batchnorm, is_official_layout, official_head_key,
+                              resize_pos_embed, split_official_block_key, strip_fewshot_prefix, unwrap_state_dict)
+
+    state, _ = unwrap_state_dict(state_dict)
+    if not is_official_layout(state):
+        return strip_fewshot_prefix(state)
+    out = {}
+    for key, value in state.items():
+        block = split_official_block_key(key)
+        if block is not None:
+            out[f"blocks.{block[0]}.{block[1]}"] = value
+        elif key.startswith("prediction."):
+            mapped = official_head_key(key, value, model)
+            if mapped is not None:
+                out[mapped[0]] = mapped[1]
+        elif key == "pos_embed":
+            out[key] = resize_pos_embed(value, model.grid_size)
+        elif key == "stem.convs.0.weight":
+            out[key] = adapt_first_conv(value, model.stem.convs[0].in_channels)
+        else:
+            out[key] = value  # stem.*, or an unknown key that the strict load then names
+    if isinstance(model.norm, nn.BatchNorm2d):
+        out.update(identity_batchnorm(model.norm, "norm."))
+    return out
+
+
 def _create_vig(variant: str, pretrained: bool = False, **kwargs) -> VisionGNN:
     if pretrained:
-        raise ValueError(
-            f"no pretrained weights exist for {variant!r}: fewshot trains its backbones from scratch "
-            "(offline); create it with pretrained=False")
+        from .checkpoints import build_pretrained
+
+        kwargs.setdefault("final_norm", False)  # the authors' model has no norm after the last block
+        return build_pretrained(VisionGNN, variant, checkpoint_filter_fn, **kwargs)
     return build_model_with_cfg(VisionGNN, variant, pretrained, **kwargs)
 
 
+_RELEASE = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/download/vig/"
+
+
 def _cfg(**kwargs) -> dict:
-    """Pretrained config of an ImageNet-sized variant (no weights: ``url`` is empty)."""
+    """Pretrained config of an ImageNet-sized variant (``url``: the authors' release, if any)."""
     return {
         "url": "",
         "num_classes": 1000,
@@ -611,9 +656,10 @@ def _small_cfg(in_chans: int, img_size: int) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    "vig_ti_224_gelu": _cfg(),
-    "vig_s_224_gelu": _cfg(),
-    "vig_b_224_gelu": _cfg(),
+    # The authors' releases, trained on ImageNet-1k with inputs scaled to -1..1 (their default_cfg).
+    "vig_ti_224_gelu": _cfg(url=_RELEASE + "vig_ti_74.5.pth", mean=(0.5,) * 3, std=(0.5,) * 3),
+    "vig_s_224_gelu": _cfg(url=_RELEASE + "vig_s_80.6.pth", mean=(0.5,) * 3, std=(0.5,) * 3),
+    "vig_b_224_gelu": _cfg(url=_RELEASE + "vig_b_82.6.pth", mean=(0.5,) * 3, std=(0.5,) * 3),
     "vig_small_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_84": _small_cfg(in_chans=3, img_size=84),
     "test_vig": _small_cfg(in_chans=1, img_size=28),

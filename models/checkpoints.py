@@ -1,0 +1,332 @@
+"""Backbone weights from a file: the authors' ViG checkpoints and fewshot's own, onto our models.
+
+Two layouts of the same Vision GNN exist:
+
+* **official**: the authors' code (huawei-noah/Efficient-AI-Backbones, ``vig_pytorch/``) keeps the
+  blocks in one ``backbone`` sequence, ``backbone.{i}.0`` the Grapher (``fc1``,
+  ``graph_conv.gconv.nn.{0,1}``, ``fc2``, and for the pyramid ViG a fixed ``relative_pos``) and
+  ``backbone.{i}.1`` the FFN (``fc1``, ``fc2``); the pyramid ViG puts its downsampling layers
+  (``backbone.{i}.conv.{0,1}``) in the same sequence. The head is ``prediction.{0,1,4}``
+  (1x1 conv, BatchNorm2d, activation, dropout, 1x1 conv). Released files are a bare state dict
+  or a dict holding one under ``state_dict`` / ``model`` (an EMA copy is preferred when present).
+* **fewshot**: our modules' own names (``blocks.{i}.grapher.fc_in``, ``stages.{s}.blocks.{j}...``),
+  either bare, inside an episodic checkpoint (``{"model": {"backbone.<key>": ...}}``, e.g.
+  ``best.pt``) or a pre-training checkpoint (``{"backbone": {...}}``).
+
+:func:`load_backbone_weights` reads a file with ``torch.load(weights_only=True)``, tells which of
+the two it holds, maps the official layout through the model family's ``checkpoint_filter_fn``
+and loads only when every key and shape fits: a failure leaves the backbone untouched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "BackboneCheckpointError", "read_checkpoint", "unwrap_state_dict", "is_official_layout",
+    "split_official_block_key", "strip_fewshot_prefix", "official_head_key", "identity_batchnorm", "resize_pos_embed",
+    "adapt_first_conv",
+    "check_fits", "load_backbone_weights", "build_pretrained", "guess_backbone",
+]
+
+_log = logging.getLogger(__name__)
+
+StateDict = Dict[str, torch.Tensor]
+
+_OFFICIAL_BLOCK_KEY = re.compile(r"^backbone\.(\d+)\.([01])\.(.+)$")
+_OFFICIAL_BLOCK_PARTS = (  # (official suffix of backbone.{i}.{0|1}., ours under the block)
+    ("0", "fc1.", "grapher.fc_in."),
+    ("0", "graph_conv.gconv.nn.0.", "grapher.graph_conv.conv."),
+    ("0", "graph_conv.gconv.nn.1.", "grapher.graph_conv.norm."),
+    ("0", "fc2.", "grapher.fc_out."),
+    ("0", "relative_pos", "grapher.relative_pos"),
+    ("1", "fc1.", "ffn.fc1."),
+    ("1", "fc2.", "ffn.fc2."),
+)
+_OFFICIAL_HEAD = (("prediction.0.", "head.pre_fc."), ("prediction.1.", "head.norm."), ("prediction.4.", "head.fc."))
+
+
+class BackboneCheckpointError(ValueError):
+    """A weights file is unreadable, unsafe, or does not fit the backbone; nothing was loaded."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU, with one clear line for each way it fails."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BackboneCheckpointError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            detail = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), first)
+            raise BackboneCheckpointError(
+                f"{path}: holds pickled Python objects that torch.load(weights_only=True) refuses ({detail}); "
+                "load it once where you trust it and re-save the tensors alone: "
+                "torch.save(model.state_dict(), 'weights.pth')") from None
+        raise BackboneCheckpointError(f"{path}: not a torch checkpoint ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BackboneCheckpointError(
+            f"{path}: cannot be read as a torch checkpoint, it is truncated or corrupt ({first}); "
+            "download or copy it again") from None
+
+
+def _is_tensor_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def unwrap_state_dict(obj: object, source: str = "checkpoint") -> Tuple[StateDict, str]:
+    """The state dict inside a loaded checkpoint and where it came from.
+
+    Returns:
+        ``(state, container)``: ``container`` is ``"fewshot episodic checkpoint"`` (``model`` entry
+        with ``backbone.*`` keys, prefix stripped), ``"fewshot pre-training checkpoint"``
+        (``backbone`` entry), ``"<key> entry"`` (``state_dict_ema``, ``model_ema``, ``state_dict``,
+        ``model``) or ``"bare state dict"``. A DistributedDataParallel ``module.`` prefix is stripped.
+    """
+    if not isinstance(obj, dict):
+        raise BackboneCheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict")
+    if isinstance(obj.get("model"), dict) and any(k.startswith("backbone.") for k in obj["model"]):
+        state = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+        container = "fewshot episodic checkpoint"
+    elif _is_tensor_dict(obj.get("backbone")):
+        state, container = obj["backbone"], "fewshot pre-training checkpoint"
+    else:
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if _is_tensor_dict(obj.get(key)):
+                state, container = obj[key], f"'{key}' entry"
+                break
+        else:
+            state, container = obj, "bare state dict"
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise BackboneCheckpointError(
+            f"{source}: no tensors found (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors, container
+
+
+def is_official_layout(state: StateDict) -> bool:
+    """True for the authors' layout: Grapher/FFN keys under ``backbone.{i}.{0|1}`` and no ``blocks.``/``stages.`` keys."""
+    return any(_OFFICIAL_BLOCK_KEY.match(k) for k in state) and not any(
+        k.startswith(("blocks.", "stages.")) for k in state)
+
+
+def split_official_block_key(key: str) -> Optional[Tuple[int, str]]:
+    """``backbone.{i}.{0|1}.<rest>`` of the official layout -> ``(i, our key relative to the block)``;
+    None for any other key (stem, position embedding, downsampling, head) or an unknown suffix."""
+    m = _OFFICIAL_BLOCK_KEY.match(key)
+    if m is None:
+        return None
+    index, part, rest = int(m.group(1)), m.group(2), m.group(3)
+    for p, theirs, ours in _OFFICIAL_BLOCK_PARTS:
+        if part == p and rest.startswith(theirs):
+            return index, ours + rest[len(theirs):]
+    return None
+
+
+def strip_fewshot_prefix(state: StateDict) -> StateDict:
+    """Our own layout saved as part of a larger model (``backbone.<key>``): the backbone's keys alone."""
+    if not is_official_layout(state) and any(k.startswith("backbone.") for k in state):
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def official_head_key(key: str, value: torch.Tensor, model: nn.Module) -> Optional[Tuple[str, torch.Tensor]]:
+    """Map ``prediction.{0,1,4}.*`` onto our MLP head (1x1 conv weights flattened to linear weights).
+
+    Returns None when the model has no such head (``num_classes == 0``): the classifier is dropped.
+    """
+    if not isinstance(getattr(model, "head", None), nn.Sequential):
+        return None
+    for theirs, ours in _OFFICIAL_HEAD:
+        if key.startswith(theirs):
+            if value.dim() == 4:
+                value = value.flatten(1)
+            return ours + key[len(theirs):], value
+    return None
+
+
+def identity_batchnorm(norm: nn.Module, prefix: str) -> StateDict:
+    """State of a BatchNorm that is the identity in eval mode: weight 1, bias 0, running mean 0,
+    running variance ``1 - eps`` (so ``sqrt(var + eps) == 1``)."""
+    ref = norm.running_mean
+    return {
+        f"{prefix}weight": torch.ones_like(norm.weight),
+        f"{prefix}bias": torch.zeros_like(norm.bias),
+        f"{prefix}running_mean": torch.zeros_like(ref),
+        f"{prefix}running_var": torch.full_like(norm.running_var, 1.0 - norm.eps),
+        f"{prefix}num_batches_tracked": torch.zeros_like(norm.num_batches_tracked),
+    }
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """``[1, D, h, w]`` -> ``[1, D, *grid]``, bilinear: the same resizing the models apply at run time."""
+    if tuple(pos.shape[-2:]) == tuple(grid):
+        return pos
+    return F.interpolate(pos, size=grid, mode="bilinear", align_corners=False)
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An RGB first-conv weight ``[O, 3, kh, kw]`` for ``in_chans`` inputs (timm's ``adapt_input_conv``:
+    summed for one channel, repeated and rescaled for more); unchanged when it already fits."""
+    if weight.shape[1] == in_chans or weight.device.type == "meta":
+        return weight if weight.shape[1] == in_chans else weight.new_empty(weight.shape[0], in_chans, *weight.shape[2:])
+    from timm.models import adapt_input_conv
+
+    _log.info("first convolution adapted from %d to %d input channels", weight.shape[1], in_chans)
+    return adapt_input_conv(in_chans, weight)
+
+
+def check_fits(state: StateDict, model: nn.Module) -> Tuple[List[str], List[str], List[str]]:
+    """``(missing, unexpected, wrong_shape)`` keys of ``state`` against ``model.state_dict()``;
+    wrong_shape entries read ``key: file [..] vs model [..]``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: file {list(v.shape)} vs model {list(own[k].shape)}"
+             for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    return missing, unexpected, wrong
+
+
+def _family_filter(model: nn.Module):
+    """The ``checkpoint_filter_fn`` of the module defining the model's class (timm's convention), or None."""
+    import sys
+
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def _candidates() -> Iterable[str]:
+    import timm
+
+    return [n for n in timm.list_models(module=["vig", "pvig", "conv4"])]
+
+
+def guess_backbone(state: StateDict) -> Tuple[Optional[str], int, int]:
+    """The registered fewshot backbone whose keys and shapes best match ``state`` (built on the meta
+    device): ``(name, matching keys, keys in state)``; name None when nothing matches at all."""
+    import timm
+
+    best, best_score = None, 0
+    for name in _candidates():
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, num_classes=0)
+        except Exception:  # a variant that cannot be built bare is simply no candidate
+            continue
+        mapped = state
+        flt = _family_filter(model)
+        if flt is not None and is_official_layout(state):
+            try:
+                mapped = flt(dict(state), model)
+            except (ValueError, KeyError, RuntimeError):
+                continue
+        own = model.state_dict()
+        score = sum(1 for k, v in mapped.items() if k in own and tuple(v.shape) == tuple(own[k].shape))
+        if score > best_score:
+            best, best_score = name, score
+    return best, best_score, len(state)
+
+
+def _describe(keys: List[str], limit: int = 4) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike, name: Optional[str] = None) -> str:
+    """Load a weights file into ``model``, all or nothing.
+
+    Accepts the authors' ViG / pyramid ViG files (bare or under ``state_dict`` / ``model``) and
+    fewshot's ``best.pt``, pre-training checkpoints and bare state dicts; detects which it got and
+    logs it. The authors' layout goes through the family's ``checkpoint_filter_fn`` (classifier
+    dropped when the model has none; our final BatchNorm set to an eval-mode identity).
+
+    Args:
+        model: the backbone to fill.
+        path: the file.
+        name: the backbone's name, for messages.
+
+    Returns:
+        the detected layout, ``"official"`` or ``"fewshot"``.
+
+    Raises:
+        BackboneCheckpointError: unreadable, truncated or unsafe file, or keys / shapes that do not
+            fit (naming the backbone the file seems to fit and the keys that differ). The model is
+            left untouched.
+    """
+    path = os.fspath(path)
+    name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    state, container = unwrap_state_dict(read_checkpoint(path), path)
+    layout = "official" if is_official_layout(state) else "fewshot"
+    if layout == "official":
+        flt = _family_filter(model)
+        if flt is None:
+            raise BackboneCheckpointError(
+                f"{path}: holds the authors' ViG layout ({container}), which does not fit {name}: "
+                "use a ViG backbone such as vig_ti_224_gelu or pvig_ti_224_gelu")
+        try:
+            mapped = flt(dict(state), model)
+        except (ValueError, KeyError) as e:
+            raise BackboneCheckpointError(f"{path}: the authors' ViG layout does not fit {name}: {e}") from None
+    else:
+        mapped = state
+    missing, unexpected, wrong = check_fits(mapped, model)
+    if missing or unexpected or wrong:
+        guess, score, total = guess_backbone(state)
+        seems = (f"it seems to fit {guess} ({score} of {total} keys match)" if guess and guess != name
+                 else "it fits no fewshot backbone" if not guess else f"it is closest to {guess} but differs")
+        parts = [f"{len(wrong)} of different shape: {_describe(wrong)}" if wrong else "",
+                 f"{len(missing)} missing: {_describe(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected: {_describe(unexpected)}" if unexpected else ""]
+        raise BackboneCheckpointError(
+            f"{path} ({layout} layout, {container}) does not fit {name}: {'; '.join(p for p in parts if p)}; "
+            f"{seems}")
+    model.load_state_dict(mapped, strict=True)
+    _log.info("loaded %s into %s from %s: %s layout (%s), %d tensors", path, name, path, layout, container, len(mapped))
+    return layout
+
+
+def build_pretrained(model_cls, variant: str, filter_fn, **kwargs) -> nn.Module:
+    """``build_model_with_cfg(..., pretrained=True)`` through ``filter_fn``, with one clear line for
+    each failure: no network (naming the file to download and how to pass it), a missing,
+    truncated or unsafe file, weights that do not fit."""
+    import urllib.error
+
+    from timm.models import build_model_with_cfg
+    from timm.models._registry import get_pretrained_cfg
+
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    cfg = get_pretrained_cfg(variant)
+    url = overlay.get("url", cfg.url if cfg is not None else "")
+    file = overlay.get("file")
+    filename = os.path.basename(url) if url else f"{variant}.pth"
+    how = (f"download {url or 'the weights'} and pass the file: timm.create_model({variant!r}, pretrained=True, "
+           f"pretrained_cfg_overlay=dict(file='path/to/{filename}')), or fewshot --backbone {variant} "
+           f"--backbone-from path/to/{filename}")
+    if file is not None:
+        read_checkpoint(file)  # one clear line for a missing, truncated or unsafe file
+    elif not url:
+        raise ValueError(f"no pretrained weights exist for {variant!r}: fewshot trains it from scratch; to load "
+                         f"weights of your own pass pretrained_cfg_overlay=dict(file='path/to/weights.pth')")
+    try:
+        return build_model_with_cfg(model_cls, variant, True, pretrained_filter_fn=filter_fn, **kwargs)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise RuntimeError(f"cannot download the weights of {variant!r} ({getattr(e, 'reason', e)}); {how}") from None
+    except RuntimeError as e:
+        if "state_dict" not in str(e):
+            raise
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3])
+        raise RuntimeError(f"{file or url}: the weights do not fit {variant}: {detail}") from None
