@@ -34,3 +34,73 @@ def episode_tensors():
         return support, support_labels, query_t, query_labels
 
     return make
+
+
+class _Interrupt:
+    """Ctrl-C injected into training: ``arm(seed, index)`` makes the next request for episode ``index``
+    of a sampler seeded ``seed`` (the training stream; banks use ``bank_seed`` and ``bank_seed + 1``)
+    raise ``KeyboardInterrupt``, once. ``fired`` tells whether it did."""
+
+    def __init__(self):
+        self.target, self.fired = None, False
+
+    def arm(self, seed: int, index: int) -> None:
+        self.target, self.fired = (int(seed), int(index)), False
+
+
+@pytest.fixture
+def interrupt(monkeypatch):
+    """Interrupt a training run at a chosen training episode, as Ctrl-C would (see :class:`_Interrupt`)."""
+    from episodes import EpisodeSampler
+
+    state, original = _Interrupt(), EpisodeSampler.__getitem__
+
+    def getitem(self, index):
+        if state.target == (self.seed, int(index)) and not state.fired:
+            state.fired = True
+            raise KeyboardInterrupt(f"injected at training episode {index}")
+        return original(self, index)
+
+    monkeypatch.setattr(EpisodeSampler, "__getitem__", getitem)
+    return state
+
+
+def assert_same_tensors(a, b, where="state"):
+    """Nested dicts / lists of tensors and plain values, equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+#: result.json fields that name a run (its folder, id, timing) rather than describe its outcome
+RUN_SPECIFIC = {"run_dir", "mlflow_run_id", "eval_seconds"}
+
+
+def assert_same_training_outcome(run_a: Path, run_b: Path, result_a: dict, result_b: dict) -> None:
+    """Two run folders ended identically: last.pt (weights, optimiser, scheduler, step, best), best.pt
+    when present, per-episode test accuracies and the result without its run-specific fields."""
+    import json
+
+    for name in ("last.pt", "best.pt"):
+        if not (run_a / name).exists():
+            assert not (run_b / name).exists(), name
+            continue
+        a = torch.load(run_a / name, weights_only=True)
+        b = torch.load(run_b / name, weights_only=True)
+        for key in ("mlflow_run_id", "config"):  # the config names the run folder; config_digest stays compared
+            a.pop(key, None), b.pop(key, None)
+        assert_same_tensors(a, b, name)
+    assert (run_a / "test_episode_accuracies.txt").read_text() == (run_b / "test_episode_accuracies.txt").read_text()
+    strip = lambda r: {k: v for k, v in r.items() if k not in RUN_SPECIFIC}  # noqa: E731
+    assert strip(result_a) == strip(result_b)
+    assert strip(json.loads((run_a / "result.json").read_text())) == strip(result_a)

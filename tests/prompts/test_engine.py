@@ -74,10 +74,33 @@ def test_episode_independence():
 
 
 def test_train_freezes_backbone_and_logs_counts(tmp_path):
+    """Prompt training changes the prompt only: every backbone weight and BatchNorm buffer (running
+    statistics, batch counters) of the --backbone-from checkpoint is bit for bit the same afterwards."""
+    from fewshot.checkpoint import load_checkpoint
     from fewshot.training import train
 
-    cfg = Config(backbone="test_vig", prompt="gpf", prompt_blocks="0", episodes=2, eval_episodes=3,
-                 val_episodes=0, track=False, run_dir=str(tmp_path / "run"), threads=1)
+    torch.manual_seed(11)
+    source = models.create_backbone("test_vig")
+    with torch.no_grad():  # BatchNorm buffers far from their defaults: a forward in train mode would move them
+        for name, buf in source.named_buffers():
+            if name.endswith("running_mean"):
+                buf.normal_()
+            elif name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+            elif name.endswith("num_batches_tracked"):
+                buf.fill_(123)
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    save_atomic({"model": {f"backbone.{k}": v for k, v in before.items()}}, tmp_path / "source.pt")
+    cfg = Config(backbone="test_vig", prompt="gpf", prompt_blocks="0", episodes=3, eval_episodes=3,
+                 val_episodes=0, track=False, run_dir=str(tmp_path / "run"), threads=1,
+                 backbone_from=str(tmp_path / "source.pt"))
     result = train(cfg, progress=False)
     assert result["trainable_params"] == 32  # one D=32 vector for block 0
-    assert result["frozen_params"] == sum(p.numel() for p in models.create_backbone("test_vig").parameters())
+    assert result["frozen_params"] == sum(p.numel() for p in source.parameters())
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    after = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    assert after.keys() == before.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"training changed backbone entries {changed}"
+    assert any(k.endswith("running_var") for k in before) and any(k.endswith("num_batches_tracked") for k in before)
+    assert state["prompt.vectors"].abs().sum() > 0  # while the prompt did train

@@ -10,6 +10,8 @@ import prompts
 from fewshot.config import Config, ConfigError
 from fewshot.prompting import PromptedModel
 
+from ..conftest import assert_same_training_outcome
+
 
 @pytest.mark.parametrize("changes,message", [
     ({"meta_init": "reptile"}, "meta_init must be one of"),
@@ -75,38 +77,71 @@ def test_metasgd_learner_has_per_parameter_rates_in_the_state_dict():
     assert keys and sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * model.prompt.vectors.numel()
 
 
+def _config(tmp_path, name, **changes):
+    return Config(backbone="test_vig", episodes=4, eval_episodes=4, val_episodes=0, track=False, way=3, query=2,
+                  checkpoint_every=2, run_dir=str(tmp_path / name), threads=1, seed=SEED, **changes)
+
+
 def _train(tmp_path, name, **changes):
     from fewshot.training import train
 
-    cfg = Config(backbone="test_vig", episodes=3, eval_episodes=4, val_episodes=0, track=False, way=3, query=2,
-                 run_dir=str(tmp_path / name), threads=1, **changes)
+    cfg = _config(tmp_path, name, **changes)
     return cfg, train(cfg, progress=False)
 
 
+def _interrupt_and_resume(tmp_path, name, interrupt, at_episode, **changes):
+    """Ctrl-C when training episode ``at_episode`` is drawn, then the same config with resume=True."""
+    from fewshot.training import train
+
+    cfg = _config(tmp_path, name, **changes)
+    interrupt.arm(SEED, at_episode)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    assert interrupt.fired
+    assert int(torch.load(tmp_path / name / "last.pt", weights_only=True)["step"]) == 2  # stopped mid-run
+    return train(cfg, resume=True, progress=False)
+
+
+SEED = 3
+META = dict(prompt="gpf", adapt="tune", adapt_steps=1, inner_steps=1, meta_batch=2, inner_lr=0.5)
+
+
 @pytest.mark.parametrize("method", ["maml", "fomaml", "metasgd"])
-def test_meta_training_moves_only_the_prompt_and_resumes(tmp_path, method):
-    from fewshot.evaluate_run import load_trained_model
-
-    cfg, result = _train(tmp_path, method, prompt="gpf", meta_init=method, adapt="tune", adapt_steps=1,
-                         inner_steps=1, meta_batch=2, inner_lr=0.5)
-    assert result["test_episodes"] == 4 and 0 <= result["test_acc"] <= 1
-    from episodes import load_splits
-    images = load_splits("glyphs", None, None).test
-    model, _ = load_trained_model(tmp_path / method, cfg, images, checkpoint="last")
-    assert model.prompt.vectors.abs().sum() > 0        # zero-initialised GPF moved
-    torch.manual_seed(0)
-    fresh = models.create_backbone("test_vig")
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.backbone.state_dict().values()))
-
-
-def test_damvp_trains_through_the_cli_config_and_saves_its_centroids(tmp_path):
+def test_meta_training_moves_only_the_prompt_and_resumes(tmp_path, method, interrupt):
     from fewshot.checkpoint import load_checkpoint
 
-    _, result = _train(tmp_path, "damvp", prompt="damvp", clusters=2, prompt_nodes=2, prompt_blocks="0")
+    _, whole = _train(tmp_path, "whole", meta_init=method, **META)
+    # 4 outer steps of 2 episodes: episode 6 is drawn by step 3, after the checkpoint of step 2
+    resumed = _interrupt_and_resume(tmp_path, "cut", interrupt, at_episode=6, meta_init=method, **META)
+    assert_same_training_outcome(tmp_path / "whole", tmp_path / "cut", whole, resumed)
+    state = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    assert state["prompt.vectors"].abs().sum() > 0        # the zero-initialised GPF moved
+    if method == "metasgd":                               # and Meta-SGD's learned rates moved from inner_lr
+        rates = [v for k, v in state.items() if k.startswith("learner.lrs")]
+        assert rates and any(not torch.allclose(r, torch.full_like(r, 0.5)) for r in rates)
+    torch.manual_seed(SEED)                               # the backbone is what prepare() built from the seed
+    fresh = models.create_backbone("test_vig").state_dict()
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    assert backbone.keys() == fresh.keys()
+    assert all(torch.equal(fresh[k], backbone[k]) for k in fresh)  # weights and BatchNorm buffers untouched
+
+
+@pytest.mark.slow  # three runs, each embedding 4096 training images for k-means (~12 s)
+def test_damvp_trains_through_the_cli_config_and_saves_its_centroids(tmp_path, interrupt):
+    from fewshot.checkpoint import load_checkpoint
+
+    damvp = dict(prompt="damvp", clusters=2, prompt_nodes=2, prompt_blocks="0")
+    _, result = _train(tmp_path, "damvp", **damvp)
     state = load_checkpoint(tmp_path / "damvp" / "last.pt")["model"]
     assert state["prompt.centroids"].shape == (2, 32) and bool(state["prompt.fitted"])
     assert result["trainable_params"] == 2 * 2 * 32
-    # with meta-init: the cluster prompts are meta-learned together
-    _, result = _train(tmp_path, "damvp-maml", prompt="damvp", clusters=2, prompt_nodes=2, prompt_blocks="0",
-                       meta_init="fomaml", adapt="tune", adapt_steps=1, meta_batch=2)
-    assert 0 <= result["test_acc"] <= 1
+    # with meta-init the cluster prompts are meta-learned together; a resumed run keeps the centroids
+    # it fitted before the interruption and ends exactly where an uninterrupted one does
+    meta = dict(damvp, meta_init="fomaml", adapt="tune", adapt_steps=1, meta_batch=2)
+    _, whole = _train(tmp_path, "damvp-maml", **meta)
+    resumed = _interrupt_and_resume(tmp_path, "damvp-maml-cut", interrupt, at_episode=6, **meta)
+    assert_same_training_outcome(tmp_path / "damvp-maml", tmp_path / "damvp-maml-cut", whole, resumed)
+    meta_state = load_checkpoint(tmp_path / "damvp-maml" / "last.pt")["model"]
+    torch.testing.assert_close(meta_state["prompt.centroids"], state["prompt.centroids"])  # same seed, same fit
+    # the two cluster prompts start as copies of one base prompt: each learned from its own images
+    assert not torch.equal(meta_state["prompt.prompts.0.nodes"], meta_state["prompt.prompts.1.nodes"])
