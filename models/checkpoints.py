@@ -66,19 +66,24 @@ def read_checkpoint(path: str | os.PathLike) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            detail = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), first)
+        text = str(e)
+        if "weights only" in text.lower() or "weights_only" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f"a pickled {found.group(1)} object" if found else "pickled Python objects"
             raise BackboneCheckpointError(
-                f"{path}: holds pickled Python objects that torch.load(weights_only=True) refuses ({detail}); "
-                "load it once where you trust it and re-save the tensors alone: "
-                "torch.save(model.state_dict(), 'weights.pth')") from None
-        raise BackboneCheckpointError(f"{path}: not a torch checkpoint ({first})") from None
+                f"{path}: holds {what}, which torch.load(weights_only=True) refuses to unpickle; load it once "
+                "where you trust it and re-save the tensors alone: torch.save(model.state_dict(), 'weights.pth')"
+            ) from None
+        raise BackboneCheckpointError(f"{path}: not a torch checkpoint ({_first_sentence(text)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BackboneCheckpointError(
-            f"{path}: cannot be read as a torch checkpoint, it is truncated or corrupt ({first}); "
-            "download or copy it again") from None
+            f"{path}: cannot be read as a torch checkpoint, it is truncated or corrupt "
+            f"({_first_sentence(str(e)) or type(e).__name__}); download or copy it again") from None
+
+
+def _first_sentence(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line.split(". ")[0].rstrip(".")
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -285,14 +290,18 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, name: Optio
     missing, unexpected, wrong = check_fits(mapped, model)
     if missing or unexpected or wrong:
         guess, score, total = guess_backbone(state)
-        seems = (f"it seems to fit {guess} ({score} of {total} keys match)" if guess and guess != name
-                 else "it fits no fewshot backbone" if not guess else f"it is closest to {guess} but differs")
-        parts = [f"{len(wrong)} of different shape: {_describe(wrong)}" if wrong else "",
-                 f"{len(missing)} missing: {_describe(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected: {_describe(unexpected)}" if unexpected else ""]
+        if guess is None:
+            layout, seems = "unrecognised", "it fits no fewshot backbone (another model family?)"
+        elif guess == name:
+            seems = f"it is closest to {name} itself ({score} of {total} keys match)"
+        else:
+            seems = f"it seems to fit {guess} ({score} of {total} keys match): pass --backbone {guess}"
+        parts = [f"{len(wrong)} of another shape ({_describe(wrong, 2)})" if wrong else "",
+                 f"{len(missing)} missing ({_describe(missing, 3)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({_describe(unexpected, 3)})" if unexpected else ""]
         raise BackboneCheckpointError(
-            f"{path} ({layout} layout, {container}) does not fit {name}: {'; '.join(p for p in parts if p)}; "
-            f"{seems}")
+            f"{path} ({layout} layout, {container}) does not fit {name}: {seems}; keys that do not match: "
+            f"{'; '.join(p for p in parts if p)}")
     model.load_state_dict(mapped, strict=True)
     _log.info("loaded %s into %s from %s: %s layout (%s), %d tensors", path, name, path, layout, container, len(mapped))
     return layout

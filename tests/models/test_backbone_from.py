@@ -1,0 +1,126 @@
+"""``--backbone-from``: the authors' files and our own checkpoints load; bad files fail in one line."""
+import argparse
+import importlib.util
+import logging
+import pathlib
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import models
+from fewshot.cli import cli
+from models.checkpoints import BackboneCheckpointError, load_backbone_weights
+
+_spec = importlib.util.spec_from_file_location("official_layout", pathlib.Path(__file__).with_name("official_layout.py"))
+official_layout = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(official_layout)
+
+TINY = ["--dataset", "glyphs", "--way", "3", "--shot", "1", "--query", "2", "--eval-episodes", "4",
+        "--val-episodes", "2", "--val-every", "3", "--checkpoint-every", "2", "--no-progress", "--threads", "1",
+        "--no-track", "--episodes", "1"]
+
+
+def train(tmp_path, backbone, weights, caplog=None):
+    args = ["train", *TINY, "--backbone", backbone, "--run-dir", str(tmp_path / "run"), "--backbone-from", str(weights)]
+    return CliRunner().invoke(cli, args)
+
+
+def episodic_checkpoint(path, name, seed=0):
+    torch.manual_seed(seed)
+    backbone = models.create_backbone(name)
+    torch.save({"model": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}, "step": 3}, path)
+    return backbone
+
+
+def error_line(result):
+    lines = [ln for ln in result.output.strip().splitlines() if ln.startswith("Error")]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def fresh():
+    torch.manual_seed(123)
+    return models.create_backbone("test_vig")
+
+
+class TestLibrary:
+    def test_our_best_pt_loads_and_is_reported_as_fewshot(self, tmp_path, fresh, caplog):
+        src = episodic_checkpoint(tmp_path / "best.pt", "test_vig")
+        with caplog.at_level(logging.INFO, logger="models.checkpoints"):
+            assert load_backbone_weights(fresh, tmp_path / "best.pt") == "fewshot"
+        assert "fewshot layout (fewshot episodic checkpoint)" in caplog.text
+        assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), fresh.state_dict().values()))
+
+    def test_a_pretraining_checkpoint_loads(self, tmp_path, fresh):
+        src = models.create_backbone("test_vig")
+        torch.save({"backbone": src.state_dict(), "head": {"w": torch.zeros(2)}, "epoch": 1}, tmp_path / "pre.pt")
+        assert load_backbone_weights(fresh, tmp_path / "pre.pt") == "fewshot"
+        assert torch.equal(fresh.pos_embed, src.pos_embed)
+
+    @pytest.mark.parametrize("bad", ["other_size", "truncated", "pickled", "other_family", "official_other_size"])
+    def test_a_failed_load_leaves_the_backbone_untouched(self, tmp_path, fresh, bad):
+        path = make_bad_file(tmp_path, bad)
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(BackboneCheckpointError) as err:
+            load_backbone_weights(fresh, path, "test_vig")
+        assert "\n" not in str(err.value)
+        assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+    def test_the_authors_file_of_another_size_names_the_size_it_fits(self, tmp_path):
+        torch.save(official_layout.make_state(official_layout.isotropic_shapes(192, 12)), tmp_path / "vig_ti.pth")
+        with torch.device("meta"):
+            vig_s = models.create_backbone("vig_s_224_gelu")
+        with pytest.raises(BackboneCheckpointError, match="official layout.*seems to fit vig_ti_224_gelu"):
+            load_backbone_weights(vig_s, tmp_path / "vig_ti.pth", "vig_s_224_gelu")
+
+
+def make_bad_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "other_size":
+        episodic_checkpoint(path, "vig_small_28")
+    elif kind == "truncated":
+        episodic_checkpoint(tmp_path / "whole.pt", "test_vig")
+        data = (tmp_path / "whole.pt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "pickled":  # what timm's train script saves beside the weights
+        torch.save({"state_dict": models.create_backbone("test_vig").state_dict(), "args": argparse.Namespace(lr=1)},
+                   path)
+    elif kind == "other_family":  # a ResNet's keys
+        torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64),
+                    "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3), "fc.weight": torch.zeros(1000, 512)}, path)
+    elif kind == "official_other_size":
+        torch.save(official_layout.make_state(official_layout.isotropic_shapes(32, 2, grid=4)), path)
+    return path
+
+
+class TestCli:
+    @pytest.mark.parametrize("bad, message", [
+        ("other_size", r"does not fit test_vig: it seems to fit vig_small_28 \(167 of 167 keys match\).*"
+                       r"of another shape \(pos_embed: file \[1, 96, 7, 7\] vs model \[1, 32, 7, 7\]"),
+        ("truncated", "truncated or corrupt"),
+        ("pickled", "holds a pickled argparse.Namespace object, which torch.load\\(weights_only=True\\) refuses"),
+        ("other_family", r"unrecognised layout.*fits no fewshot backbone.*unexpected \(conv1.weight"),
+        ("official_other_size", r"official layout.*does not fit test_vig"),
+    ])
+    def test_bad_file_gives_one_clear_line_and_a_nonzero_exit(self, tmp_path, bad, message):
+        line = error_line(train(tmp_path, "test_vig", make_bad_file(tmp_path, bad)))
+        assert str(tmp_path) in line
+        assert __import__("re").search(message, line), line
+
+    def test_missing_file(self, tmp_path):
+        assert "no such file" in error_line(train(tmp_path, "test_vig", tmp_path / "nope.pt"))
+
+    def test_our_best_pt_trains(self, tmp_path):
+        episodic_checkpoint(tmp_path / "best.pt", "test_vig")
+        r = train(tmp_path, "test_vig", tmp_path / "best.pt")
+        assert r.exit_code == 0, r.output
+
+    @pytest.mark.slow
+    def test_the_authors_vig_ti_file_trains_on_grayscale_glyphs(self, tmp_path, caplog):
+        torch.save(official_layout.make_state(official_layout.isotropic_shapes(192, 12)), tmp_path / "vig_ti_74.5.pth")
+        with caplog.at_level(logging.INFO, logger="models.checkpoints"):
+            r = train(tmp_path, "vig_ti_224_gelu", tmp_path / "vig_ti_74.5.pth")
+        assert r.exit_code == 0, r.output
+        assert "official layout" in caplog.text and "adapted from 3 to 1 input channels" in caplog.text
