@@ -106,3 +106,35 @@ def test_killed_five_times_and_resumed_ends_bit_for_bit_like_an_uninterrupted_ru
     print(f"\nkills survived: {len(survived)}/{len(PLAN)}")
     for kind, moment, step0, steps in survived:
         print(f"  {kind:11s} resumed from step {step0:2d}, killed {moment}; checkpoints after kill {steps}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference_runs):
+    """SIGINT (what Ctrl-C sends) to `fewshot train` in the middle of training: it exits 130 saying
+    "interrupted", its MLflow run is marked KILLED, the checkpoints load whole, and the same command
+    with --resume ends exactly where the uninterrupted reference run ends."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir, store = tmp_path / "run", store_uri(tmp_path)
+    command = train_command(run_dir, store, "--resume")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env(FEWSHOT_TEST_SAVE_DELAY="0.2"))  # slower writes: mid-run for sure
+    wait_until(proc, lambda: checkpoint_step(run_dir) >= 4)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted"
+    steps = assert_checkpoints_whole(run_dir)
+    assert 4 <= steps["last.pt"] < EPISODES
+    run_id = torch.load(run_dir / "last.pt", weights_only=True)["mlflow_run_id"]
+    assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "KILLED"
+
+    final = subprocess.run(command, capture_output=True, text=True, env=subprocess_env())
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout.strip().splitlines()[-1])["mlflow_run_id"] == run_id  # the same MLflow run
+    resumed = run_outcome(run_dir, store, run_id)
+    ref_dir, ref_store, ref_stdout = reference_runs[0]
+    reference = run_outcome(ref_dir, ref_store, json.loads(ref_stdout.strip().splitlines()[-1])["mlflow_run_id"])
+    assert resumed["status"] == "FINISHED"
+    assert sorted(resumed["metrics"]["train_loss"]) == list(range(1, EPISODES + 1))
+    assert_same_outcome(reference, resumed)
