@@ -7,13 +7,14 @@ modification times, so a changed file invalidates it).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional
+
+from registry import Registry
 
 from .errors import DataError
 from .imageset import ImageSet
@@ -58,38 +59,32 @@ class DatasetInfo:
     description: str
 
 
-_REGISTRY: Dict[str, DatasetInfo] = {}
+def _ensure_loaded():
+    # importing the loader modules registers them
+    from . import glyphs, omniglot, miniimagenet, folder, digits  # noqa: F401
+
+
+_REGISTRY: Registry = Registry("dataset", load=_ensure_loaded)
 
 
 def register_dataset(name: str, *, needs_root: bool, default_img_size: int, in_chans: int, description: str):
     """Decorator: register ``loader(root, img_size) -> Splits`` under ``name`` (a duplicate name is an error)."""
 
     def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = DatasetInfo(name, fn, needs_root, default_img_size, in_chans, description)
+        _REGISTRY.add(name, DatasetInfo(name, fn, needs_root, default_img_size, in_chans, description))
         return fn
 
     return deco
 
 
-def _ensure_loaded():
-    # importing the loader modules registers them
-    from . import glyphs, omniglot, miniimagenet, folder, digits  # noqa: F401
-
-
 def list_datasets() -> list:
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    """Registered dataset names (``--dataset``), sorted."""
+    return _REGISTRY.names()
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    _ensure_loaded()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(_REGISTRY))}.{hint}")
-    return _REGISTRY[name]
+    """The registry entry of dataset ``name``; unknown names list the valid ones and the closest."""
+    return _REGISTRY.get(name)
 
 
 def _source_key(root: Path) -> str:

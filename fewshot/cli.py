@@ -1,23 +1,32 @@
-"""``fewshot`` command line: train, eval, data, ui.
+"""``fewshot`` command line: train, eval, compare, plot, data, matchers, prompts, ui.
 
 Commands are thin: they build a frozen :class:`~fewshot.config.Config` (defaults < ``--config``
 YAML < options given on the command line) and call the engine. Bad input ends in one line on
 stderr and exit code 2; ``FEWSHOT_DEBUG=1`` shows the traceback instead.
+
+The options of ``fewshot train`` and ``fewshot eval`` are generated from ``Config``'s fields and
+their :func:`~fewshot.config.setting` metadata (help, type, choices, train-only), so a new
+setting is declared once. Importing this module imports neither torch nor a registry: choices
+such as ``--matcher`` are looked up when the option is used, and ``--help`` points to
+``fewshot matchers`` / ``fewshot prompts`` / ``fewshot data list`` for the names.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 import click
 
-from .config import Config, ConfigError, load_yaml, merge
+from .config import COMPONENTS, Config, ConfigError, load_yaml, merge
 
-__all__ = ["main", "cli"]
+__all__ = ["main", "cli", "LazyChoice", "config_options", "build_config"]
 
 _USER_ERRORS = (ValueError, OSError, TypeError)
 
@@ -45,93 +54,148 @@ class _Group(click.Group):
 click.ClickException.exit_code = 2  # usage and input errors alike: non-zero, distinct from crashes (1)
 
 
-def _default(name: str) -> str:
-    v = getattr(Config, name)
-    return f" [default: {v}]" if v is not None else ""
+class LazyChoice(click.ParamType):
+    """A choice among names that a registry holds, looked up only when the option is used.
+
+    Args:
+        source: ``"module:attribute"``, the attribute a list of names or a function returning one
+            (e.g. ``"matchers:list_matchers"``), or a sequence of names.
+    """
+
+    name = "choice"
+
+    def __init__(self, source):
+        self.source = source
+
+    def choices(self) -> list:
+        if not isinstance(self.source, str):
+            return list(self.source)
+        module, _, attr = self.source.partition(":")
+        obj = getattr(importlib.import_module(module), attr)
+        return list(obj() if callable(obj) else obj)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "NAME"
+
+    def convert(self, value, param, ctx):
+        choices = self.choices()
+        if value in choices:
+            return value
+        folded = {str(c).lower(): c for c in choices}
+        if str(value).lower() in folded:
+            return folded[str(value).lower()]
+        from registry import closest_hint
+
+        self.fail(f"{value!r} is not one of {', '.join(map(str, choices))}.{closest_hint(value, choices)}", param, ctx)
 
 
-def _choices(fn):
-    return click.Choice(fn(), case_sensitive=False)
+def _choices(source) -> click.ParamType:
+    """click's Choice for a fixed tuple, a :class:`LazyChoice` for a registry."""
+    if isinstance(source, str):
+        return LazyChoice(source)
+    return click.Choice([str(c) for c in source], case_sensitive=False)
 
 
-def _list_datasets():
-    from episodes import list_datasets
-    return list_datasets()
+_LISTINGS = {"episodes:list_datasets": "fewshot data list", "matchers:list_matchers": "fewshot matchers",
+             "prompts:list_prompts": "fewshot prompts"}
 
 
-def _list_matchers():
-    import matchers
-    return matchers.list_matchers()
+def _pairs(ctx, param, values):
+    """``("k=3", "solver=sinkhorn")`` -> ``{"k": "3", "solver": "sinkhorn"}``; None when none given."""
+    out = {}
+    for item in values or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", ctx=ctx, param=param)
+        out[name.strip()] = value.strip()
+    return out or None
 
 
-def _list_prompts():
-    import prompts
-    return prompts.list_prompts()
+def _scalar_type(annotation):
+    """``Optional[int]`` -> int, ``str`` -> str, ...; the Python type the field holds."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if typing.get_origin(annotation) is typing.Union and len(args) == 1 else annotation
 
 
-def _list_meta_inits():
-    import prompts
-    return prompts.list_meta_inits()
+def _config_option(f: dataclasses.Field, annotation):
+    """The click option of one Config field (every default None: only given options override)."""
+    meta = f.metadata
+    flag = "--" + f.name.replace("_", "-")
+    text = meta.get("help", f"Config field {f.name}.")
+    kind = meta.get("options_of")
+    if kind:
+        return click.option(f"--{kind}-opt", f.name, multiple=True, metavar="NAME=VALUE", callback=_pairs, help=text)
+    typ = _scalar_type(annotation)
+    if typ is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None,
+                            help=f"{text} [default: {'on' if f.default else 'off'}]")
+    if f.default is not None and f.default != "" and "[default:" not in text:
+        text += f" [default: {f.default}]"
+    choices, path = meta.get("choices"), meta.get("path")
+    if choices is not None:
+        ptype = _choices(choices)
+        listing = _LISTINGS.get(choices) if isinstance(choices, str) else None
+        if listing and listing not in text:
+            text += f" (names: {listing})"
+    elif path:
+        ptype = click.Path(dir_okay=path != "file", file_okay=path != "dir")
+    else:
+        ptype = typ if typ in (int, float) else str
+    return click.option(flag, f.name, type=ptype, default=None, help=text)
 
 
-# Options shared by train and eval, defined once. Defaults are None so that only the options a
-# user gives override the YAML file and the Config defaults.
-RUN_OPTIONS = [
-    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings (safe-loaded)."),
-    click.option("--dataset", type=_choices(_list_datasets), help="Dataset." + _default("dataset")),
-    click.option("--data-root", type=click.Path(), help="File or folder the dataset is read from."),
-    click.option("--img-size", type=int, help="Resize images to this size (default: the dataset's)."),
-    click.option("--cache/--no-cache", default=None, help="Keep decoded images next to the data."),
-    click.option("--way", type=int, help="Classes per episode." + _default("way")),
-    click.option("--shot", type=int, help="Support images per class." + _default("shot")),
-    click.option("--query", type=int, help="Query images per class." + _default("query")),
-    click.option("--backbone", help="timm name of the backbone, e.g. vig_small_28, conv4 [default: conv4]."),
-    click.option("--matcher", type=_choices(_list_matchers), help="How queries are scored." + _default("matcher")),
-    click.option("--metric", type=click.Choice(["euclidean", "cosine"]), help="Distance of the prototype matcher." + _default("metric")),
-    click.option("--temperature", type=float, help="Logits are divided by it. [default: the matcher's own: 1 for prototype, 0.1 for patch-voting and hungarian]"),
-    click.option("--prompt", type=_choices(_list_prompts), help="Graph prompt." + _default("prompt")),
-    click.option("--meta-init", type=_choices(_list_meta_inits), help="Meta-learn the prompt's initialisation with learn2learn "
-                 "(MAML, first-order MAML, Meta-SGD); test episodes adapt it on the support set (needs --adapt tune)." + _default("meta_init")),
-    click.option("--inner-steps", type=int, help="Meta-training: adaptation steps per task." + _default("inner_steps")),
-    click.option("--inner-lr", type=float, help="Inner-loop SGD learning rate (also at test time)." + _default("inner_lr")),
-    click.option("--meta-batch", type=int, help="Tasks per meta (outer) step." + _default("meta_batch")),
-    click.option("--clusters", type=int, help="DAM-VP (--prompt damvp): prompts, one per k-means feature cluster." + _default("clusters")),
-    click.option("--cluster-prompt", type=_choices(_list_prompts), help="DAM-VP: the fixed prompt copied per cluster." + _default("cluster_prompt")),
-    click.option("--prompt-blocks", help="Blocks to prompt: 'all' or indices such as 0,2." + _default("prompt_blocks")),
-    click.option("--prompt-nodes", type=int, help="Prompt nodes per prompted block (add, vpt, vgp, graph)." + _default("prompt_nodes")),
-    click.option("--prompt-rank", type=int, help="Rank r of VGP's low-rank prompts." + _default("prompt_rank")),
-    click.option("--prompt-keep", type=float, help="Fraction of patch nodes kept by delete / graph." + _default("prompt_keep")),
-    click.option("--adapt", type=click.Choice(["amortised", "tune", "head", "full", "linear"]),
-                 help="Per-episode adaptation: amortised (prompt as is / generated), tune (T Adam steps on the prompt), "
-                      "head, full (tune last block+norm / all backbone), linear (logistic-regression probe)." + _default("adapt")),
-    click.option("--adapt-steps", type=int, help="Tuning steps per test episode (0: none)." + _default("adapt_steps")),
-    click.option("--adapt-lr", type=float, help="Learning rate of the tuning steps." + _default("adapt_lr")),
-    click.option("--backbone-from", type=click.Path(dir_okay=False), help="Checkpoint (runs/<run>/best.pt) whose backbone is loaded and frozen."),
-    click.option("--eval-episodes", type=int, help="Episodes in the test bank." + _default("eval_episodes")),
-    click.option("--bank-seed", type=int, help="Seed of the test/val banks (keep it fixed to compare runs)." + _default("bank_seed")),
-    click.option("--seed", type=int, help="Training seed." + _default("seed")),
-    click.option("--device", help="auto, cpu, cuda or cuda:N." + _default("device")),
-    click.option("--threads", type=int, help="torch CPU threads (default: torch's choice)."),
-    click.option("--experiment", help="MLflow experiment." + _default("experiment")),
-    click.option("--tracking-uri", help="MLflow store (default: sqlite store in ./mlruns)."),
-    click.option("--track/--no-track", default=None, help="Log to MLflow (default: on)."),
-    click.option("--run-dir", type=click.Path(file_okay=False), help="Folder for checkpoints and results (default: runs/<name>)."),
-    click.option("--json", "as_json", is_flag=True, help="Print one JSON result object last on stdout."),
-]
+def config_options(command: str):
+    """Decorator adding one option per Config field to ``command`` ("train" or "eval"), in field
+    order between ``--config`` and ``--json``; train-only fields (``setting(train_only=True)``) go to
+    ``train`` only."""
+    hints = typing.get_type_hints(Config)
+    options = [click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                            help="YAML file of settings (safe-loaded; keys are the option names).")]
+    for f in dataclasses.fields(Config):
+        if f.metadata.get("train_only") and command != "train":
+            continue
+        options.append(_config_option(f, hints[f.name]))
+    options.append(click.option("--json", "as_json", is_flag=True, help="Print one JSON result object last on stdout."))
+
+    def decorate(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+    return decorate
 
 
-def run_options(fn):
-    for opt in reversed(RUN_OPTIONS):
-        fn = opt(fn)
-    return fn
+def _component_settings(kind: str) -> dict:
+    """The default values of the ``kind`` component's settings: its option mapping and shorthand fields."""
+    out = {f"{kind}_opts": {}}
+    for f in dataclasses.fields(Config):
+        if (f.metadata.get("shorthand") or ("",))[0] == kind:
+            out[f.name] = f.default
+    return out
 
 
 def build_config(config_file, options: dict, base: Config | None = None) -> Config:
-    """Config defaults (or ``base``) < YAML file < options given on the command line."""
-    cfg = base or Config()
-    if config_file:
-        cfg = merge(cfg, load_yaml(config_file))
-    return merge(cfg, {k: v for k, v in options.items() if v is not None})
+    """Config defaults (or ``base``, a trained run's config) < YAML file < options given on the command line.
+
+    Option mappings (``matcher_opts``, ``prompt_opts``) merge key by key. When the YAML file or the
+    command line names another matcher or prompt than ``base``, ``base``'s settings of the old one
+    are dropped (they belong to it)."""
+    changes = {str(k).replace("-", "_"): v for k, v in (load_yaml(config_file) if config_file else {}).items()}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(changes.get(name), dict):
+            value = {**changes[name], **value}
+        changes[name] = value
+    if base is None:
+        return merge(Config(), changes)
+    settings = base.to_dict()
+    for kind in COMPONENTS:
+        opts = f"{kind}_opts"
+        if kind in changes and changes[kind] != settings[kind]:
+            settings.update(_component_settings(kind))
+        elif isinstance(changes.get(opts), dict):
+            changes[opts] = {**settings[opts], **changes[opts]}
+    return merge(Config(), {**settings, **changes})
 
 
 def _emit(result: dict, as_json: bool, lines: list):
@@ -154,17 +218,7 @@ def cli(verbose):
 
 
 @cli.command()
-@run_options
-@click.option("--train-way", type=int, help="Classes per training episode (default: --way).")
-@click.option("--train-shot", type=int, help="Support images per class in training (default: --shot).")
-@click.option("--train-query", type=int, help="Query images per class in training (default: --query).")
-@click.option("--episodes", type=int, help="Training episodes." + _default("episodes"))
-@click.option("--lr", type=float, help="Adam learning rate (cosine schedule)." + _default("lr"))
-@click.option("--weight-decay", type=float, help="Adam weight decay." + _default("weight_decay"))
-@click.option("--grad-clip", type=float, help="Gradient norm clip (0: off)." + _default("grad_clip"))
-@click.option("--val-episodes", type=int, help="Validation episodes for model selection (0: off)." + _default("val_episodes"))
-@click.option("--val-every", type=int, help="Validate every this many episodes." + _default("val_every"))
-@click.option("--checkpoint-every", type=int, help="Checkpoint every this many episodes." + _default("checkpoint_every"))
+@config_options("train")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir (or the default run dir) from its last checkpoint.")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars on stderr.")
 def train(config_file, as_json, resume, progress, **options):
@@ -192,7 +246,7 @@ def train(config_file, as_json, resume, progress, **options):
 
 
 @cli.command("eval")
-@run_options
+@config_options("eval")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which weights of the run to evaluate.")
 @click.option("--bank", "bank_file", type=click.Path(dir_okay=False), help="Score this saved EpisodeBank instead.")
@@ -306,7 +360,7 @@ def data_list():
 
 
 @data.command("describe")
-@click.argument("dataset", type=_choices(_list_datasets))
+@click.argument("dataset", type=LazyChoice("episodes:list_datasets"))
 @_data_root
 @_img_size
 def data_describe(dataset, data_root, img_size):
@@ -323,7 +377,7 @@ def _episode_source(out_help: str, query: int):
     """Options shared by the commands that draw episodes of one split: dataset, where it is, the
     output file, split, way, shot, query and seed."""
     options = [
-        click.argument("dataset", type=_choices(_list_datasets)), _data_root, _img_size,
+        click.argument("dataset", type=LazyChoice("episodes:list_datasets")), _data_root, _img_size,
         click.option("--out", required=True, type=click.Path(dir_okay=False), help=out_help),
         click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True),
         click.option("--way", type=int, default=5, show_default=True),
@@ -380,6 +434,44 @@ def data_bank(dataset, data_root, img_size, out, split, way, shot, query, seed, 
     bank = EpisodeSampler(images, way, shot, query, seed=seed).bank(episodes)
     bank.save(out)
     click.echo(f"wrote {out}: " + json.dumps(bank.describe()))
+
+
+def _describe_components(kind: str, as_json: bool) -> None:
+    """Print each registered ``kind`` ("matcher" / "prompt") with its options: name, type, default, help."""
+    from registry import REQUIRED, class_options, first_doc_line
+
+    package, skip = COMPONENTS[kind]
+    module = importlib.import_module(package)
+    names = getattr(module, f"list_{kind}s")()
+    table = {}
+    for name in names:
+        cls = module.get(name)
+        table[name] = {"doc": first_doc_line(cls), "options": [
+            {"name": o.name, "type": o.type_name(), "default": None if o.default is REQUIRED else o.default,
+             "help": " ".join(o.help.replace("``", "").split())}
+            for o in class_options(cls, skip=skip).values()]}
+    if as_json:
+        click.echo(json.dumps(table, indent=2, default=str))
+        return
+    for name, entry in table.items():
+        click.echo(f"{name}: {entry['doc']}")
+        for o in entry["options"]:
+            click.echo(f"    {o['name']:<15} {o['type']:<22} {str(o['default']):<10} {o['help']}".rstrip())
+    click.echo(f"\nSet an option with --{kind}-opt NAME=VALUE (repeatable) or a {kind}_opts: mapping in --config.")
+
+
+@cli.command("matchers")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON object.")
+def matchers_cmd(as_json):
+    """The registered matchers (--matcher) and their options (--matcher-opt NAME=VALUE)."""
+    _describe_components("matcher", as_json)
+
+
+@cli.command("prompts")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as one JSON object.")
+def prompts_cmd(as_json):
+    """The registered prompts (--prompt) and their options (--prompt-opt NAME=VALUE)."""
+    _describe_components("prompt", as_json)
 
 
 @cli.command()

@@ -11,11 +11,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_yaml", "merge", "ADAPT_MODES"]
+__all__ = ["Config", "ConfigError", "OptionMap", "load_yaml", "merge", "setting", "ADAPT_MODES", "COMPONENTS"]
 
 ADAPT_MODES = ("amortised", "tune", "head", "full", "linear")
 """Ways a frozen backbone is adapted per episode (see :mod:`fewshot.prompting`)."""
@@ -29,63 +30,149 @@ class ConfigError(ValueError):
     """A configuration value or file is unusable; the message says which and why."""
 
 
+class ComponentOptionError(ConfigError):
+    """A matcher's or prompt's option that its class does not take (or not with that value)."""
+
+
+class OptionMap(Mapping):
+    """An immutable, hashable ``{name: scalar}`` mapping: a component's options inside the frozen Config.
+
+    Compares equal to a dict with the same items; ``dict(m)`` gives a plain copy for YAML and JSON.
+    """
+
+    __slots__ = ("_data", "_key")
+
+    def __init__(self, items: Any = ()):
+        data = dict(items or {})
+        self._data, self._key = data, tuple(sorted(data.items(), key=lambda kv: kv[0]))
+
+    def __getitem__(self, name):
+        return self._data[name]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def setting(default: Any, help: str, *, train_only: bool = False, choices: Union[str, Sequence[str], None] = None,
+            path: Optional[str] = None, shorthand: Optional[Tuple[str, str]] = None,
+            options_of: Optional[str] = None) -> Any:
+    """A Config field and what makes it a command-line option of ``fewshot train`` / ``eval``.
+
+    Args:
+        default: the field's default.
+        help: the option's help text (the default is appended when it is not None).
+        train_only: only ``fewshot train`` gets the option.
+        choices: valid values: a tuple, or ``"module:attribute"`` naming a list or a function returning
+            one (e.g. ``"matchers:list_matchers"``), imported only when the option is used.
+        path: ``"file"``, ``"dir"`` or ``"any"``: the option takes a path.
+        shorthand: ``(component, option)``: the field is a shorthand for ``--<component>-opt option=...``
+            (e.g. ``metric`` for the matcher's ``metric``).
+        options_of: ``"matcher"`` / ``"prompt"``: the field holds that component's options
+            (``--matcher-opt NAME=VALUE``, repeatable).
+    """
+    meta = {"help": help, "train_only": train_only, "choices": choices, "path": path, "shorthand": shorthand,
+            "options_of": options_of}
+    return field(default=default, metadata=meta)
+
+
+# kind -> (package, constructor arguments that are not options)
+COMPONENTS = {"matcher": ("matchers", ()), "prompt": ("prompts", ("backbone",))}
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything that defines a run. Field names are the CLI option names with ``_`` for ``-``."""
 
     # data
-    dataset: str = "glyphs"
-    data_root: Optional[str] = None
-    img_size: Optional[int] = None          # None: the dataset's own size
-    cache: bool = False                     # keep decoded tensors next to the data
+    dataset: str = setting("glyphs", "Dataset (`fewshot data list` shows them).", choices="episodes:list_datasets")
+    data_root: Optional[str] = setting(None, "File or folder the dataset is read from.", path="any")
+    img_size: Optional[int] = setting(None, "Resize images to this size (default: the dataset's).")
+    cache: bool = setting(False, "Keep decoded images next to the data.")
     # episodes
-    way: int = 5
-    shot: int = 1
-    query: int = 15
-    train_way: Optional[int] = None         # None: same as way
-    train_shot: Optional[int] = None        # None: same as shot
-    train_query: Optional[int] = None       # None: same as query
+    way: int = setting(5, "Classes per episode.")
+    shot: int = setting(1, "Support images per class.")
+    query: int = setting(15, "Query images per class.")
+    train_way: Optional[int] = setting(None, "Classes per training episode (default: --way).", train_only=True)
+    train_shot: Optional[int] = setting(None, "Support images per class in training (default: --shot).", train_only=True)
+    train_query: Optional[int] = setting(None, "Query images per class in training (default: --query).", train_only=True)
     # model
-    backbone: Optional[str] = None          # None: conv4 (fast); vig_small_28 / vig_small_84 for ViG
-    matcher: str = "prototype"
-    metric: str = "euclidean"
-    temperature: Optional[float] = None     # None: the matcher's own default
-    prompt: str = "none"
-    meta_init: str = "none"                 # none | maml | fomaml | metasgd (prompts.meta, learn2learn)
-    inner_steps: int = 1                    # meta-training: SGD steps on the support loss per task
-    inner_lr: float = 0.1                   # their learning rate (also the test-time one of a meta prompt)
-    meta_batch: int = 4                     # tasks per outer (meta) step
-    clusters: int = 4                       # damvp: C prompts, one per k-means cluster
-    cluster_prompt: str = "vpt"             # damvp: the fixed prompt copied per cluster
-    prompt_blocks: str = "all"              # "all" or comma-separated block indices, e.g. "0,2"
-    prompt_nodes: int = 4                   # M prompt nodes per prompted block (add, vpt, vgp, graph)
-    prompt_rank: int = 8                    # VGP's rank r
-    prompt_keep: float = 0.75               # fraction of patch nodes kept by delete / graph
-    adapt: str = "amortised"                # amortised | tune | head | full | linear (fewshot.prompting)
-    adapt_steps: int = 10                   # T tuning steps per test episode (tune, head, full); 0: none
-    adapt_lr: float = 1e-2                  # Adam lr of those steps
-    backbone_from: Optional[str] = None     # checkpoint whose backbone is loaded and frozen
-    # optimisation
-    episodes: int = 600
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
+    backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. vig_small_28, conv4 [default: conv4].")
+    matcher: str = setting("prototype", "How queries are scored (`fewshot matchers` lists them and their options).",
+                           choices="matchers:list_matchers")
+    matcher_opts: OptionMap = setting(OptionMap(), "An option of the matcher as NAME=VALUE, repeatable "
+                                      "(`fewshot matchers` lists them).", options_of="matcher")
+    metric: str = setting("euclidean", "Distance of the prototype / k-NN matcher (= --matcher-opt metric=...).",
+                          choices=("euclidean", "cosine"), shorthand=("matcher", "metric"))
+    temperature: Optional[float] = setting(None, "Logits are divided by it (= --matcher-opt temperature=...) "
+                                           "[default: the matcher's own: 1 for prototype, 0.1 for patch-voting and "
+                                           "hungarian].", shorthand=("matcher", "temperature"))
+    prompt: str = setting("none", "Graph prompt (`fewshot prompts` lists them and their options).",
+                          choices="prompts:list_prompts")
+    prompt_opts: OptionMap = setting(OptionMap(), "An option of the prompt as NAME=VALUE, repeatable "
+                                     "(`fewshot prompts` lists them).", options_of="prompt")
+    meta_init: str = setting("none", "Meta-learn the prompt's initialisation with learn2learn (MAML, first-order MAML, "
+                             "Meta-SGD); test episodes adapt it on the support set (needs --adapt tune).",
+                             choices="prompts:list_meta_inits")
+    inner_steps: int = setting(1, "Meta-training: adaptation steps per task.")
+    inner_lr: float = setting(0.1, "Inner-loop SGD learning rate (also at test time).")
+    meta_batch: int = setting(4, "Tasks per meta (outer) step.")
+    clusters: int = setting(4, "DAM-VP (--prompt damvp): prompts, one per k-means feature cluster "
+                            "(= --prompt-opt clusters=...).", shorthand=("prompt", "clusters"))
+    cluster_prompt: str = setting("vpt", "DAM-VP: the fixed prompt copied per cluster (= --prompt-opt base=...).",
+                                  choices="prompts:list_prompts", shorthand=("prompt", "base"))
+    prompt_blocks: str = setting("all", "Blocks to prompt: 'all' or indices such as 0,2 (= --prompt-opt blocks=...).",
+                                 shorthand=("prompt", "blocks"))
+    prompt_nodes: int = setting(4, "Prompt nodes per prompted block (add, vpt, vgp, graph; = --prompt-opt "
+                                "num_nodes=...).", shorthand=("prompt", "num_nodes"))
+    prompt_rank: int = setting(8, "Rank r of VGP's low-rank prompts (= --prompt-opt rank=...).",
+                               shorthand=("prompt", "rank"))
+    prompt_keep: float = setting(0.75, "Fraction of patch nodes kept by delete / graph (= --prompt-opt keep=...).",
+                                 shorthand=("prompt", "keep"))
+    adapt: str = setting("amortised", "Per-episode adaptation: amortised (prompt as is / generated), tune (T Adam "
+                         "steps on the prompt), head, full (tune last block+norm / all backbone), linear "
+                         "(logistic-regression probe).", choices=ADAPT_MODES)
+    adapt_steps: int = setting(10, "Tuning steps per test episode (0: none).")
+    adapt_lr: float = setting(1e-2, "Learning rate of the tuning steps.")
+    backbone_from: Optional[str] = setting(None, "Checkpoint (runs/<run>/best.pt) whose backbone is loaded and frozen.",
+                                           path="file")
+    # optimisation (training only)
+    episodes: int = setting(600, "Training episodes.", train_only=True)
+    lr: float = setting(1e-3, "Adam learning rate (cosine schedule).", train_only=True)
+    weight_decay: float = setting(0.0, "Adam weight decay.", train_only=True)
+    grad_clip: float = setting(5.0, "Gradient norm clip (0: off).", train_only=True)
+    augment: str = setting("none", "Augmentation of training episodes (episodes.augment).", train_only=True,
+                           choices="episodes.augment:AUGMENT_POLICIES")
+    pretrain_epochs: int = setting(0, "Whole-class classification epochs over the training classes before episodic "
+                                   "training (0: off).", train_only=True)
+    pretrain_batch: int = setting(128, "Mini-batch size of the classification stage.", train_only=True)
     # evaluation and selection
-    eval_episodes: int = 2000
-    val_episodes: int = 200
-    val_every: int = 200
+    eval_episodes: int = setting(2000, "Episodes in the test bank.")
+    val_episodes: int = setting(200, "Validation episodes for model selection (0: off).", train_only=True)
+    val_every: int = setting(200, "Validate every this many episodes.", train_only=True)
     # bookkeeping
-    seed: int = 0
-    bank_seed: int = 0                      # test/val banks: the same for every run compared
-    device: str = "auto"
-    checkpoint_every: int = 50
-    run_dir: Optional[str] = None           # None: runs/<derived name>
-    experiment: str = "fewshot"
-    tracking_uri: Optional[str] = None      # None: sqlite store in ./mlruns
-    track: bool = True
-    threads: Optional[int] = None
+    seed: int = setting(0, "Training seed.")
+    bank_seed: int = setting(0, "Seed of the test/val banks (keep it fixed to compare runs).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    checkpoint_every: int = setting(50, "Checkpoint every this many episodes.", train_only=True)
+    run_dir: Optional[str] = setting(None, "Folder for checkpoints and results (default: runs/<name>).", path="dir")
+    experiment: str = setting("fewshot", "MLflow experiment.")
+    tracking_uri: Optional[str] = setting(None, "MLflow store (default: sqlite store in ./mlruns; a file:// store is "
+                                          "accepted with a warning).")
+    track: bool = setting(True, "Log to MLflow.")
+    threads: Optional[int] = setting(None, "torch CPU threads (default: torch's choice).")
 
     def __post_init__(self):
+        for kind in COMPONENTS:
+            self._normalise_options(kind)
         positive = ("way", "shot", "query", "episodes", "eval_episodes", "checkpoint_every", "val_every")
         for name in positive:
             v = getattr(self, name)
@@ -105,7 +192,20 @@ class Config:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        from episodes.augment import AUGMENT_POLICIES
+
+        if self.augment not in AUGMENT_POLICIES:
+            raise ConfigError(f"augment must be one of {', '.join(AUGMENT_POLICIES)}, got {self.augment!r}")
+        if not isinstance(self.pretrain_epochs, int) or isinstance(self.pretrain_epochs, bool) or self.pretrain_epochs < 0:
+            raise ConfigError(f"pretrain_epochs must be an integer >= 0, got {self.pretrain_epochs!r}")
+        if not isinstance(self.pretrain_batch, int) or isinstance(self.pretrain_batch, bool) or self.pretrain_batch < 2:
+            raise ConfigError(f"pretrain_batch must be an integer >= 2, got {self.pretrain_batch!r}")
         self._check_prompting()
+        for kind in COMPONENTS:  # converted values are kept, so "3" and 3 give the same Config
+            object.__setattr__(self, f"{kind}_opts", OptionMap(self._resolve_options(kind)[1]))
+        if self.pretrain_epochs and self.prompted:
+            raise ConfigError("--pretrain-epochs trains the whole backbone as a classifier; it does not apply to a "
+                              "frozen, prompted backbone (--prompt / --adapt / --backbone-from)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -152,6 +252,66 @@ class Config:
             raise ConfigError("a meta-learned prompt adapts with the learning rate it was meta-trained for: "
                               "set --inner-lr, not --adapt-lr")
 
+    def _normalise_options(self, kind: str) -> None:
+        name = f"{kind}_opts"
+        value = getattr(self, name)
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a mapping of {kind} option names to values, got {value!r}")
+        for k, v in value.items():
+            if not isinstance(k, str) or not k.isidentifier():
+                raise ConfigError(f"{name}: option names must be identifiers, got {k!r}")
+            if v is not None and not isinstance(v, (bool, int, float, str)):
+                raise ConfigError(f"{name}: the value of {k} must be one number, string or true/false, got {v!r}")
+        object.__setattr__(self, name, OptionMap(value))
+
+    def component_class(self, kind: str) -> type:
+        """The registered class of the ``kind`` component (``"matcher"`` or ``"prompt"``) this config names."""
+        import importlib
+
+        return importlib.import_module(COMPONENTS[kind][0]).get(getattr(self, kind))
+
+    def component_options(self, kind: str) -> dict:
+        """Keyword arguments for the ``kind`` component (``"matcher"`` or ``"prompt"``), checked and converted
+        against its constructor: the shorthand fields (``metric``, ``prompt_nodes``, ...) that differ from
+        their defaults, then ``<kind>_opts``. Options left out keep the class's own defaults."""
+        return self._resolve_options(kind)[0]
+
+    def _resolve_options(self, kind: str) -> tuple:
+        from registry import OptionError, class_options, convert_options
+
+        name, skip = getattr(self, kind), COMPONENTS[kind][1]
+        where = f"{kind} {name!r}"
+        try:
+            cls = self.component_class(kind)
+            options = class_options(cls, skip=skip)
+            given = {}
+            for f in _SHORTHANDS[kind]:
+                option, value = f.metadata["shorthand"][1], getattr(self, f.name)
+                if value is None or value == f.default:
+                    continue
+                flag = "--" + f.name.replace("_", "-")
+                if option not in options:
+                    raise ComponentOptionError(f"{where} has no option {flag} ({option!r}, given {value!r}); "
+                                      f"its options: {', '.join(options) or 'none'}")
+                given[option] = (flag, options[option].convert(value, where))
+            explicit = convert_options(cls, getattr(self, f"{kind}_opts"), where, skip=skip)
+        except OptionError as e:
+            raise ComponentOptionError(str(e)) from None
+        except ComponentOptionError:
+            raise
+        except ValueError as e:  # unknown component name
+            raise ComponentOptionError(str(e)) from None
+        for option, value in explicit.items():
+            if option in given and given[option][1] != value:
+                flag, short = given[option]
+                raise ComponentOptionError(f"{where}: {flag} {short!r} and --{kind}-opt {option}={value!r} "
+                                           "disagree; give one")
+        merged = {option: value for option, (_, value) in given.items()}
+        merged.update(explicit)
+        return merged, explicit
+
     @property
     def prompted(self) -> bool:
         """True when the run builds a PromptedModel (frozen backbone) instead of an EpisodicModel."""
@@ -171,11 +331,15 @@ class Config:
         return self.train_query or self.query
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values (option mappings as dicts), for YAML, JSON and MLflow."""
+        return {f.name: dict(getattr(self, f.name)) if isinstance(getattr(self, f.name), OptionMap)
+                else getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def digest(self) -> str:
-        """Hash of the settings that change results (not the bookkeeping ones)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in BOOKKEEPING}
+        """Hash of the settings that change results (not the bookkeeping ones). Empty option mappings
+        are left out, so runs without component options keep the digest they had before those fields."""
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in BOOKKEEPING and not (isinstance(v, dict) and not v)}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
     def differences(self, saved: Mapping[str, Any]) -> list:
@@ -198,6 +362,8 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_SHORTHANDS = {kind: [f for f in _FIELDS.values() if (f.metadata.get("shorthand") or ("",))[0] == kind]
+               for kind in COMPONENTS}
 
 
 def merge(base: Config, changes: Mapping[str, Any]) -> Config:
@@ -231,6 +397,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values, got {type(data).__name__}")
     try:
         merge(Config(), data)  # validate keys and values early, naming the file on error
+    except ComponentOptionError:
+        pass  # checked once the command line is merged too: it may name another matcher or prompt
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return data

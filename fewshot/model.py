@@ -4,7 +4,6 @@ Glossary: S = way*shot support images, Q query images, C x H x W images, N nodes
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
@@ -65,26 +64,6 @@ def count_parameters(module: nn.Module) -> dict:
     return {"trainable": trainable, "frozen": frozen}
 
 
-def _matcher_kwargs(config) -> dict:
-    """Matcher options from the config: passed when the matcher takes them; a non-default value
-    for an option the matcher does not take is an error, never silently ignored. An unset
-    option (None) leaves the matcher's own default (e.g. temperature 0.1 for the patch matchers)."""
-    from .config import Config, ConfigError
-
-    cls = matchers.get(config.matcher)
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {}
-    for name in ("metric", "temperature"):
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if name in accepted:
-            kwargs[name] = value
-        elif value != getattr(Config, name):
-            raise ConfigError(f"matcher {config.matcher!r} has no option {name!r} (given {value!r})")
-    return kwargs
-
-
 def default_backbone(img_size: int) -> str:
     """The backbone of a run that names none: Conv-4, the baseline every result is compared with.
 
@@ -104,7 +83,7 @@ def build_model(config, img_size: int, in_chans: int) -> nn.Module:
     backbone = models.create_backbone(name, img_size=img_size, in_chans=in_chans)
     if getattr(backbone, "memory_format", None) is not None:  # e.g. Conv-4: channels-last is faster on CPU
         backbone = backbone.to(memory_format=backbone.memory_format)
-    matcher = matchers.create(config.matcher, **_matcher_kwargs(config))
+    matcher = matchers.create(config.matcher, **config.component_options("matcher"))
     if config.prompted:
         from .prompting import build_prompted_model  # imports the prompt families only when needed
         return build_prompted_model(config, backbone, matcher)

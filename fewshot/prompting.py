@@ -232,24 +232,6 @@ def load_backbone(backbone: nn.Module, path) -> nn.Module:
     return backbone
 
 
-def prompt_options(config, backbone: nn.Module) -> dict:
-    """Options for ``prompts.create`` from the config: each given only when the prompt takes it;
-    a non-default value for an option the prompt does not take is a ``ConfigError``."""
-    from .config import Config, ConfigError
-
-    accepted = prompts.accepted_options(config.prompt)
-    mapping = {"blocks": "prompt_blocks", "num_nodes": "prompt_nodes", "rank": "prompt_rank", "keep": "prompt_keep",
-               "clusters": "clusters", "base": "cluster_prompt"}
-    options = {}
-    for option, field in mapping.items():
-        value = getattr(config, field)
-        if option in accepted:
-            options[option] = value
-        elif value != getattr(Config, field) and config.prompt != "none":
-            raise ConfigError(f"prompt {config.prompt!r} has no option --{field.replace('_', '-')} (given {value!r})")
-    return options
-
-
 def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> PromptedModel:
     """PromptedModel from the config: backbone loaded from ``config.backbone_from`` when given, frozen."""
     from .config import ConfigError
@@ -257,7 +239,7 @@ def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> Pro
     if config.backbone_from:
         load_backbone(backbone, config.backbone_from)
     try:
-        prompt = prompts.create(config.prompt, backbone, **prompt_options(config, backbone))
+        prompt = prompts.create(config.prompt, backbone, **config.component_options("prompt"))
         return PromptedModel(backbone, prompt, matcher, adapt=config.adapt, adapt_steps=config.adapt_steps,
                              adapt_lr=config.adapt_lr, seed=config.seed, meta_init=config.meta_init,
                              inner_lr=config.inner_lr)

@@ -7,13 +7,14 @@ Glossary: S support items (way*shot), Q query items, N nodes per image, D featur
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Dict, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["Matcher", "validate_episode", "register_matcher", "get", "create", "list_matchers"]
+from registry import Option, Registry, class_options
+
+__all__ = ["Matcher", "validate_episode", "register_matcher", "get", "create", "list_matchers", "options"]
 
 
 class Matcher(nn.Module):
@@ -70,33 +71,29 @@ def validate_episode(support: torch.Tensor, support_labels: torch.Tensor, query:
     return way
 
 
-_REGISTRY: Dict[str, Callable[..., Matcher]] = {}
+_REGISTRY: Registry = Registry("matcher")
 
 
 def register_matcher(name: str):
-    """Class decorator: make the matcher available as ``matchers.get(name)`` and ``--matcher name``."""
-
-    def deco(cls):
-        if name in _REGISTRY:
-            raise ValueError(f"matcher {name!r} is already registered")
-        _REGISTRY[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return deco
+    """Class decorator: make the matcher available as ``matchers.get(name)`` and ``--matcher name``;
+    its constructor's keyword arguments become ``--matcher-opt NAME=VALUE`` options (a duplicate
+    name is a ``ValueError``)."""
+    return _REGISTRY.register(name, attribute="registry_name")
 
 
 def list_matchers() -> list:
-    return sorted(_REGISTRY)
+    """Registered matcher names (``--matcher``), sorted."""
+    return _REGISTRY.names()
 
 
 def get(name: str) -> Callable[..., Matcher]:
-    """The matcher class registered as ``name``; unknown names list the valid ones."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown matcher {name!r}; valid names: {', '.join(list_matchers())}.{hint}")
-    return _REGISTRY[name]
+    """The matcher class registered as ``name``; unknown names list the valid ones and the closest."""
+    return _REGISTRY.get(name)
+
+
+def options(name: str) -> Dict[str, Option]:
+    """The options of matcher ``name`` (its constructor's keyword arguments), in signature order."""
+    return class_options(get(name))
 
 
 def create(name: str, **kwargs) -> Matcher:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -73,8 +73,8 @@ class HungarianMatcher(Matcher):
     input = "nodes"
     accepts = (3,)
 
-    def __init__(self, temperature: float = 0.1, solver: str = "hungarian", epsilon: float = 0.05,
-                 iters: int = 50, workers: Optional[int] = None):
+    def __init__(self, temperature: float = 0.1, solver: Literal["hungarian", "sinkhorn"] = "hungarian",
+                 epsilon: float = 0.05, iters: int = 50, workers: Optional[int] = None):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")

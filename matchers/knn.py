@@ -6,7 +6,7 @@ Douze and Jegou, IEEE Trans. Big Data 2019, "Billion-scale similarity search wit
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Literal, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,8 @@ class KNNMatcher(Matcher):
     input = "pooled"
     accepts = (2, 3)
 
-    def __init__(self, k: int = 5, metric: str = "l2", weighted: bool = False, level: str = "pooled"):
+    def __init__(self, k: int = 5, metric: Literal["l2", "euclidean", "cosine"] = "l2", weighted: bool = False,
+                 level: Literal["pooled", "nodes"] = "pooled"):
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -5,6 +5,8 @@ the negative squared Euclidean distance (or the cosine similarity) to its protot
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -39,7 +41,7 @@ class PrototypeMatcher(Matcher):
         torch.Size([75, 5])
     """
 
-    def __init__(self, metric: str = "euclidean", temperature: float = 1.0):
+    def __init__(self, metric: Literal["euclidean", "cosine"] = "euclidean", temperature: float = 1.0):
         super().__init__()
         if metric not in ("euclidean", "cosine"):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")

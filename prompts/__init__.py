@@ -11,12 +11,12 @@ cluster, :mod:`prompts.damvp`). Meta-learned initialisation (MAML, first-order M
 """
 from __future__ import annotations
 
-from .base import Prompt, accepted_options, create, get, list_prompts, parse_blocks, register_prompt
+from .base import Prompt, accepted_options, create, get, list_prompts, options, parse_blocks, register_prompt
 from . import add_nodes, delete_nodes, graph, modify_nodes, vgp, vpt  # noqa: F401  (register the families)
 from . import damvp  # noqa: F401,E402  (after the families it wraps)
 from .meta import META_INITS
 
-__all__ = ["Prompt", "create", "get", "list_prompts", "register_prompt", "parse_blocks", "accepted_options",
+__all__ = ["Prompt", "create", "get", "list_prompts", "register_prompt", "parse_blocks", "accepted_options", "options",
            "list_meta_inits"]
 
 

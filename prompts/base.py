@@ -35,20 +35,21 @@ Writing a prompt::
 """
 from __future__ import annotations
 
-import inspect
 from typing import Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
+from registry import Option, Registry, class_options
+
 __all__ = [
     "Prompt", "NoPrompt", "register_prompt", "get", "create", "list_prompts", "parse_blocks",
-    "accepted_options", "class_prototypes",
+    "accepted_options", "options", "class_prototypes",
 ]
 
 BlocksSpec = Union[str, int, Sequence[int], None]
 
-_REGISTRY: Dict[str, Type["Prompt"]] = {}
+_REGISTRY: Registry = Registry("prompt")
 
 
 def parse_blocks(spec: BlocksSpec, depth: int) -> Tuple[int, ...]:
@@ -184,28 +185,25 @@ class Prompt(nn.Module):
 
 
 def register_prompt(name: str) -> Callable[[Type[Prompt]], Type[Prompt]]:
-    """Class decorator: make ``cls`` available as ``prompts.create(name, ...)`` and ``--prompt name``."""
-    def deco(cls: Type[Prompt]) -> Type[Prompt]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"prompt {name!r} is already registered by {_REGISTRY[name].__name__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return deco
+    """Class decorator: make ``cls`` available as ``prompts.create(name, ...)`` and ``--prompt name``;
+    its constructor's keyword arguments after ``backbone`` become ``--prompt-opt NAME=VALUE`` options
+    (a name registered by another class is a ``ValueError``)."""
+    return _REGISTRY.register(name, attribute="name")
 
 
 def get(name: str) -> Type[Prompt]:
-    """The prompt class registered as ``name``; ``ValueError`` listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown prompt {name!r}; known prompts: {', '.join(list_prompts())}") from None
+    """The prompt class registered as ``name``; ``ValueError`` listing the known names (and the closest) otherwise."""
+    return _REGISTRY.get(name)
+
+
+def options(name: str) -> Dict[str, Option]:
+    """The options of prompt ``name`` (its constructor's keyword arguments besides ``backbone``)."""
+    return class_options(get(name), skip=("backbone",))
 
 
 def accepted_options(name: str) -> Tuple[str, ...]:
     """Keyword options the prompt ``name`` takes besides ``backbone``."""
-    params = inspect.signature(get(name).__init__).parameters
-    return tuple(p for p in params if p not in ("self", "backbone"))
+    return tuple(options(name))
 
 
 def create(name: str, backbone: nn.Module, **options) -> Prompt:
@@ -219,7 +217,7 @@ def create(name: str, backbone: nn.Module, **options) -> Prompt:
 
 def list_prompts() -> list:
     """Registered prompt names (``--prompt``), sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 @register_prompt("none")

@@ -115,9 +115,31 @@ class TestBadInput:
         assert r.exit_code == 2 and "does not fit backbone 'conv4'" in r.output
 
 
-def test_help_lists_registered_choices():
+def test_help_points_to_the_listings_of_registered_names():
     r = run_cli(["train", "--help"])
-    assert r.exit_code == 0 and "prototype" in r.output and "glyphs" in r.output and "--resume" in r.output
+    assert r.exit_code == 0 and "--resume" in r.output and "--matcher-opt NAME=VALUE" in r.output
+    assert "`fewshot matchers`" in r.output and "`fewshot prompts`" in r.output and "`fewshot data list`" in r.output
+
+
+def test_importing_the_cli_and_its_help_load_neither_torch_nor_a_registry():
+    code = ("import sys; import fewshot.cli as c; from click.testing import CliRunner; "
+            "assert CliRunner().invoke(c.cli, ['train', '--help']).exit_code == 0; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'matchers', 'prompts', 'episodes', 'models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.stdout.strip() == "[]"
+
+
+def test_train_only_options_are_not_on_eval_and_config_fields_are_options():
+    import dataclasses
+    from fewshot.config import Config
+
+    train = {p.name for p in cli.commands["train"].params}
+    evaluate = {p.name for p in cli.commands["eval"].params}
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert fields <= train and {"episodes", "lr", "augment", "train_way", "val_every"}.isdisjoint(evaluate)
+    assert {"way", "matcher_opts", "prompt_opts", "track", "cache", "run_dir"} <= evaluate
+    assert all(f.metadata.get("help") for f in dataclasses.fields(Config)), "give each Config field setting(help=...)"
 
 
 @pytest.mark.slow

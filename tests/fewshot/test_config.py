@@ -74,9 +74,10 @@ def test_missing_and_truncated_checkpoints_are_named(tmp_path):
 
 
 def test_differences_name_changed_settings_and_accept_fields_added_since():
-    base = Config(lr=1e-3)
+    base = Config(lr=1e-3, prompt="damvp")
     saved = base.to_dict()
     del saved["clusters"]                     # a run written before the field existed
+    del saved["matcher_opts"], saved["prompt_opts"]
     saved["run_dir"] = "elsewhere"            # bookkeeping: never compared
     assert base.differences(saved) == []
     assert base.replace(lr=2e-3).differences(saved) == ["lr: 0.001 -> 0.002"]

@@ -16,7 +16,7 @@ def test_given_temperature_reaches_the_matcher():
 
 
 def test_temperature_for_a_matcher_without_one_is_refused():
-    with pytest.raises(ConfigError, match="no option 'temperature'"):
+    with pytest.raises(ConfigError, match="no option --temperature"):
         build_model(Config(matcher="knn", temperature=0.5, backbone="test_vig"), 28, 1)
 
 
