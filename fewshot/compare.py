@@ -88,23 +88,17 @@ def load_run(ref: str, tracking_uri: Optional[str] = None) -> RunScores:
 
 
 def _load_mlflow(run_id: str, tracking_uri: Optional[str]) -> RunScores:
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    from .tracking import load_run_artifacts
 
-    from .tracking import _quiet_mlflow_logs, default_tracking_uri
-
-    _quiet_mlflow_logs()
-    uri = tracking_uri or default_tracking_uri()
-    client = mlflow.MlflowClient(tracking_uri=uri)
     try:
-        run = client.get_run(run_id)
-        acc_text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{ACC_FILE}")
-        result = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/{RESULT_FILE}")
-    except (MlflowException, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CompareError(f"{run_id}: not a run folder, and no MLflow run with per-episode accuracies "
-                           f"in {uri} ({first})") from None
-    return _parse(run.info.run_name or run_id, acc_text, result, f"MLflow run {run_id}")
+        name, texts = load_run_artifacts(run_id, (ACC_FILE, RESULT_FILE), tracking_uri)
+    except LookupError as e:
+        raise CompareError(f"{run_id}: not a run folder, and {e}") from None
+    try:
+        result = json.loads(texts[RESULT_FILE])
+    except json.JSONDecodeError as e:
+        raise CompareError(f"MLflow run {run_id}: {RESULT_FILE} is not JSON ({e})") from None
+    return _parse(name, texts[ACC_FILE], result, f"MLflow run {run_id}")
 
 
 def check_same_bank(runs: Sequence[RunScores]) -> None:

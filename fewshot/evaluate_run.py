@@ -74,7 +74,7 @@ def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_f
                   "matcher": config.matcher}
         tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95}, step=0)
         tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
-        tracker.log_dict(result, "result.json")
+        tracker.log_result(result)  # result.json and the headline tags
         out = Path(run_dir) / f"eval-{checkpoint}-{bank.bank_id}"  # for `fewshot compare`, also with --no-track
         result["eval_dir"] = str(out)
         if is_main():

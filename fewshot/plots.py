@@ -62,15 +62,9 @@ def episode_grid(images: ImageSet, episode: Episode, out: str | Path, scale: int
 
 def mlflow_history(tracking_uri: str, run_id: str, names=("train_loss", "train_acc", "val_acc")) -> dict:
     """``{name: (steps, values)}`` of an MLflow run's metric histories (missing metrics left out)."""
-    from mlflow.tracking import MlflowClient
+    from .tracking import metric_history
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    out = {}
-    for name in names:
-        ms = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
-        if ms:
-            out[name] = ([m.step for m in ms], [m.value for m in ms])
-    return out
+    return metric_history(tracking_uri, run_id, names)
 
 
 def learning_curves(history: dict, out: str | Path, title: str = "") -> Path:
