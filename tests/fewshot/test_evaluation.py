@@ -71,3 +71,50 @@ def test_ci95_is_1_96_sample_std_over_root_n():
     mean, ci = summarise(acc)
     assert mean == pytest.approx(0.6)
     assert ci == pytest.approx(1.96 * math.sqrt(sum((a - 0.6) ** 2 for a in acc.tolist()) / 4) / math.sqrt(5))
+
+
+def _vig_models():
+    """test_vig (eval-mode BatchNorm) bare, with a GPF prompt and with a VGP prompt, prompts non-zero."""
+    import models
+    import prompts
+    from fewshot.prompting import PromptedModel
+
+    out = {}
+    for name in ("none", "gpf", "vgp"):
+        torch.manual_seed(0)
+        bb = models.create_backbone("test_vig")
+        if name == "none":
+            out[name] = EpisodicModel(bb, PrototypeMatcher())
+            continue
+        prompt = prompts.create(name, bb)
+        with torch.no_grad():
+            for p in prompt.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        out[name] = PromptedModel(bb, prompt, PrototypeMatcher())
+    return out
+
+
+@pytest.mark.parametrize("name", ["none", "gpf", "vgp"])
+def test_embed_once_equals_per_episode_on_logits_with_the_vig_and_fixed_prompts(name):
+    """What the embed-once path computes for an episode (every distinct image embedded in one batch,
+    the episode's rows picked, the matcher applied) equals the model's own episode forward, logit by
+    logit; and :func:`evaluate` gives the same per-episode accuracies on both paths."""
+    from episodes import load_splits
+
+    model = _vig_models()[name].eval()
+    assert model.episode_independent
+    test = load_splits("glyphs").test
+    bank = EpisodeSampler(test, 3, 2, 3, seed=4).bank(5)
+    ids = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()]))
+    with torch.inference_mode():
+        feats = model.embed(test.images[ids])
+        row = {int(i): k for k, i in enumerate(ids)}
+        for ep in bank:
+            per_episode = model(test.images[ep.support], ep.support_labels, test.images[ep.query])
+            once = model.matcher(feats[[row[int(i)] for i in ep.support]], ep.support_labels,
+                                 feats[[row[int(i)] for i in ep.query]])
+            assert per_episode.shape == (9, 3)
+            torch.testing.assert_close(once, per_episode, rtol=1e-4, atol=1e-3)  # batch-size float32 rounding
+    fast = evaluate(model, test, bank, per_episode=False)
+    slow = evaluate(model, test, bank, per_episode=True)
+    assert torch.equal(fast.accuracies, slow.accuracies)
