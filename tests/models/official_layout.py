@@ -71,7 +71,7 @@ def isotropic_shapes(dim: int, depth: int, num_classes: int = 1000, in_chans: in
 
 
 def pyramid_shapes(channels: Sequence[int], blocks: Sequence[int], num_classes: int = 1000, in_chans: int = 3,
-                   img_size: int = 224) -> Shapes:
+                   img_size: int = 224, reduce_ratios: Sequence[int] = (4, 2, 1, 1)) -> Shapes:
     """Names and shapes of the authors' pyramid ViG with the given stage channels and depths."""
     c0 = channels[0]
     side = img_size // 4
@@ -89,7 +89,7 @@ def pyramid_shapes(channels: Sequence[int], blocks: Sequence[int], num_classes: 
             _bn(shapes, f"backbone.{j}.conv.1", dim)
             j += 1
             side //= 2
-        n, r = side * side, (4, 2, 1, 1)[s]
+        n, r = side * side, reduce_ratios[s]
         for _ in range(depth):
             _block(shapes, f"backbone.{j}", dim, relative_pos=(1, n, n // (r * r)))
             j += 1
