@@ -303,7 +303,7 @@ def _final_evaluation(run: Run, best: dict, tracker, progress: bool) -> dict:
               "eval_seconds": round(eval_s, 3), **{f"{k}_params": v for k, v in count_parameters(model).items()}}
     tracker.log_metrics({"test_acc": test.mean, "test_ci95": test.ci95, "eval_seconds": eval_s}, step=config.episodes)
     tracker.log_text("\n".join(f"{a:.6f}" for a in test.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
-    tracker.log_dict(result, "result.json")
+    tracker.log_result(result)
     if is_main():
         write_scores(run.run_dir, test.accuracies.tolist(), result)  # result.json + per-episode accuracies
     if getattr(tracker, "tracking_uri", None) and tracker.run_id:  # curves come from the MLflow history

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, get_act_layer, to_2tuple, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, get_act_layer, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .layers import check_node_mask, masked_mean
@@ -49,6 +49,9 @@ GraphHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """``hook(block_idx, h: [B, N, D], neighbours: [B, N, k]) -> h: [B, N, D]``, inside the Grapher."""
 
 LayerType = Union[str, Type[nn.Module]]
+
+_BLOCK_NORMS = {"batch": nn.BatchNorm2d, "layer": LayerNorm2d}
+"""Normalisations over the channels of ``[B, D, N, 1]`` that ``VisionGNN(block_norm=...)`` names."""
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -154,12 +157,13 @@ class MaxRelativeGraphConv(nn.Module):
         groups: groups of the 1x1 convolution.
     """
 
-    def __init__(self, dim: int, out_dim: int, act_layer: Type[nn.Module] = nn.GELU, groups: int = 4):
+    def __init__(self, dim: int, out_dim: int, act_layer: Type[nn.Module] = nn.GELU, groups: int = 4,
+                 norm_layer: Type[nn.Module] = nn.BatchNorm2d):
         super().__init__()
         if (2 * dim) % groups or out_dim % groups:
             raise ValueError(f"2*dim ({2 * dim}) and out_dim ({out_dim}) must be divisible by groups ({groups})")
         self.conv = nn.Conv2d(2 * dim, out_dim, 1, groups=groups)
-        self.norm = nn.BatchNorm2d(out_dim)
+        self.norm = norm_layer(out_dim)
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
@@ -181,6 +185,7 @@ class Grapher(nn.Module):
         act_layer: activation class of the graph convolution.
         drop_path: stochastic depth rate of the residual branch.
         groups: groups of the graph convolution's 1x1 conv.
+        norm_layer: normalisation over channels of ``[B, D, N, 1]`` (BatchNorm2d, or LayerNorm2d).
     """
 
     def __init__(
@@ -191,13 +196,14 @@ class Grapher(nn.Module):
             act_layer: Type[nn.Module] = nn.GELU,
             drop_path: float = 0.,
             groups: int = 4,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
     ):
         super().__init__()
         self.num_knn = num_knn
         self.dilation = dilation
-        self.fc_in = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.BatchNorm2d(dim))
-        self.graph_conv = MaxRelativeGraphConv(dim, 2 * dim, act_layer, groups)
-        self.fc_out = nn.Sequential(nn.Conv2d(2 * dim, dim, 1), nn.BatchNorm2d(dim))
+        self.fc_in = nn.Sequential(nn.Conv2d(dim, dim, 1), norm_layer(dim))
+        self.graph_conv = MaxRelativeGraphConv(dim, 2 * dim, act_layer, groups, norm_layer)
+        self.fc_out = nn.Sequential(nn.Conv2d(2 * dim, dim, 1), norm_layer(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,11 +248,12 @@ class FFN(nn.Module):
         drop_path: stochastic depth rate of the residual branch.
     """
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU, drop_path: float = 0.):
+    def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU, drop_path: float = 0.,
+                 norm_layer: Type[nn.Module] = nn.BatchNorm2d):
         super().__init__()
-        self.fc1 = nn.Sequential(nn.Conv2d(dim, hidden_dim, 1), nn.BatchNorm2d(hidden_dim))
+        self.fc1 = nn.Sequential(nn.Conv2d(dim, hidden_dim, 1), norm_layer(hidden_dim))
         self.act = act_layer()
-        self.fc2 = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1), nn.BatchNorm2d(dim))
+        self.fc2 = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1), norm_layer(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,6 +272,7 @@ class ViGBlock(nn.Module):
         ffn_hidden: hidden features of the FFN.
         act_layer: activation class.
         drop_path: stochastic depth rate of both residual branches.
+        norm_layer: normalisation class of both modules (see :class:`Grapher`).
     """
 
     def __init__(
@@ -275,10 +283,11 @@ class ViGBlock(nn.Module):
             ffn_hidden: int,
             act_layer: Type[nn.Module] = nn.GELU,
             drop_path: float = 0.,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
     ):
         super().__init__()
-        self.grapher = Grapher(dim, num_knn, dilation, act_layer, drop_path)
-        self.ffn = FFN(dim, ffn_hidden, act_layer, drop_path)
+        self.grapher = Grapher(dim, num_knn, dilation, act_layer, drop_path, norm_layer=norm_layer)
+        self.ffn = FFN(dim, ffn_hidden, act_layer, drop_path, norm_layer)
 
     def forward(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None,
                 graph_hook: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
@@ -342,6 +351,9 @@ class VisionGNN(nn.Module):
         drop_path_rate: stochastic depth, growing linearly to this rate at the last block.
         head_hidden: hidden features of the head (0: a single linear classifier).
         ffn_ratio: FFN hidden features = ``ffn_ratio * embed_dim``.
+        block_norm: ``"batch"`` (the paper: BatchNorm in every block) or ``"layer"`` (LayerNorm over
+            each node's features: no statistics shared across the images of an episode).
+        final_norm: the extra normalisation (of ``block_norm``'s kind) after the last block.
 
     Example:
         >>> model = VisionGNN(img_size=28, in_chans=1, num_classes=0, embed_dim=32, depth=2,
@@ -368,8 +380,13 @@ class VisionGNN(nn.Module):
             drop_path_rate: float = 0.,
             head_hidden: int = 1024,
             ffn_ratio: float = 4,
+            block_norm: str = "batch",
+            final_norm: bool = True,
     ):
         super().__init__()
+        if block_norm not in _BLOCK_NORMS:
+            raise ValueError(f"block_norm must be one of {', '.join(_BLOCK_NORMS)}, got {block_norm!r}")
+        norm_layer = _BLOCK_NORMS[block_norm]
         img_size = tuple(to_2tuple(img_size))
         _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_dilation, stem_stride,
                     drop_rate, drop_path_rate, head_hidden, ffn_ratio)
@@ -392,14 +409,14 @@ class VisionGNN(nn.Module):
         self.dilation_per_block = [min(i // 4 + 1, max_dilation) for i in range(depth)]
         drop_path = [drop_path_rate * i / (depth - 1) if depth > 1 else 0. for i in range(depth)]
         self.blocks = nn.ModuleList([
-            ViGBlock(embed_dim, k, d, int(embed_dim * ffn_ratio), act, dp)
+            ViGBlock(embed_dim, k, d, int(embed_dim * ffn_ratio), act, dp, norm_layer)
             for k, d, dp in zip(self.knn_per_block, self.dilation_per_block, drop_path)
         ])
         # Not in the paper: a BatchNorm over node features after the last block keeps the scale of
         # the embedding fixed. Without it the residual stream grows during metric (ProtoNet)
         # training and the squared distances blow up: on glyphs 5-way 1-shot, vig_small_28 fell to
         # 27% validation accuracy after 150 episodes without it, and reached 69% with it.
-        self.norm = nn.BatchNorm2d(embed_dim)
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         self.head = self._make_head(num_classes)
         self.init_weights()
 
@@ -661,6 +678,7 @@ default_cfgs = generate_default_cfgs({
     "vig_s_224_gelu": _cfg(url=_RELEASE + "vig_s_80.6.pth", mean=(0.5,) * 3, std=(0.5,) * 3),
     "vig_b_224_gelu": _cfg(url=_RELEASE + "vig_b_82.6.pth", mean=(0.5,) * 3, std=(0.5,) * 3),
     "vig_small_28": _small_cfg(in_chans=1, img_size=28),
+    "vig_small_ln_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_84": _small_cfg(in_chans=3, img_size=84),
     "test_vig": _small_cfg(in_chans=1, img_size=28),
 })
@@ -693,6 +711,16 @@ def vig_small_28(pretrained: bool = False, **kwargs) -> VisionGNN:
     model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
                       stem_stride=4, head_hidden=256)
     return _create_vig("vig_small_28", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_small_ln_28(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """:func:`vig_small_28` with LayerNorm instead of BatchNorm in the blocks and after them: an
+    image's embedding no longer depends on the other images of its episode (BatchNorm statistics
+    from one episode are a known weak point of episodic training)."""
+    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
+                      stem_stride=4, head_hidden=256, block_norm="layer")
+    return _create_vig("vig_small_ln_28", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

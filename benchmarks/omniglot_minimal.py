@@ -1,0 +1,196 @@
+"""Accuracy ablation on omniglot-minimal: every lever as a paired difference on the same banks.
+
+A *plan* (YAML, e.g. ``benchmarks/configs/omniglot-minimal-ablation.yaml``) lists training
+recipes as steps. Each step is ``fewshot train`` with the plan's common options plus its own
+(``options:`` a mapping of option names to values, or ``config:`` a config file), and names the
+step it is compared with (``vs:``). Every step is trained in ``--runs-dir/<name>`` with
+``--resume`` (a finished run is only re-scored, a killed one continues), scored on the test bank
+of every ``--settings`` entry (``fewshot eval`` for the settings other than the run's own), and
+the report pairs each step with its ``vs`` step and the plan's ``final`` pair (ViG vs Conv-4) with
+:func:`fewshot.compare.paired_test`. The Markdown report starts with the exact command, the git
+commit and the date; nothing in it is written by hand.
+
+Usage:
+    python benchmarks/omniglot_minimal.py --plan benchmarks/configs/omniglot-minimal-ablation.yaml \\
+        --data-root ../shared/data/omniglot --runs-dir runs/omniglot-minimal \\
+        --out benchmarks/results/omniglot_minimal.md
+    python benchmarks/omniglot_minimal.py --plan ... --smoke --out /tmp/smoke.md   # seconds, glyphs
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fewshot.compare import load_run, paired_test  # noqa: E402
+
+SMOKE = {"dataset": "glyphs", "data_root": None, "episodes": 2, "eval_episodes": 4, "val_episodes": 2,
+         "train_way": 5, "train_shot": 1, "train_query": 2}
+"""What ``--smoke`` overrides (and pretraining cut to one epoch): the same machinery and report on a few
+glyphs episodes."""
+
+
+def _setting(text: str) -> tuple:
+    way, shot = text.lower().rstrip("s").split("w")
+    return int(way), int(shot)
+
+
+def _flags(options: dict) -> list:
+    out = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def load_plan(path: Path) -> dict:
+    plan = yaml.safe_load(Path(path).read_text())
+    if not isinstance(plan, dict) or not isinstance(plan.get("steps"), list):
+        raise SystemExit(f"{path}: a plan is a mapping with a 'steps' list")
+    names = [s.get("name") for s in plan["steps"]]
+    for step in plan["steps"]:
+        if step.get("vs") is not None and step["vs"] not in names:
+            raise SystemExit(f"{path}: step {step['name']!r} is compared with unknown step {step['vs']!r}")
+    for name in plan.get("final", []):
+        if name not in names:
+            raise SystemExit(f"{path}: final names unknown step {name!r}")
+    return plan
+
+
+def _run(cmd: list, log: Path) -> tuple:
+    """Run ``cmd``, stderr to ``log``; returns (last JSON line of stdout, wall seconds)."""
+    t0 = time.perf_counter()
+    with open(log, "a") as err:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}, see {log}): {shlex.join(cmd)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def run_step(step: dict, plan: dict, args, settings: list) -> dict:
+    """Train (or resume) one step and score it on every setting; ``{setting: scores folder}`` + times."""
+    options = {**plan.get("common", {}), **step.get("options", {})}
+    if args.data_root:
+        options["data_root"] = args.data_root
+    if args.episodes:
+        options["episodes"] = args.episodes
+    if args.eval_episodes:
+        options["eval_episodes"] = args.eval_episodes
+    if args.smoke:
+        options.update(SMOKE, pretrain_epochs=min(1, options.get("pretrain_epochs", 0)))
+    run_dir = Path(args.runs_dir) / step["name"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{step['name']}.log"
+    fewshot = [sys.executable, "-m", "fewshot"]
+    track = ["--no-track"] if args.no_track else ["--experiment", args.experiment]
+    config = ["--config", step["config"]] if step.get("config") else []
+    cmd = [*fewshot, "train", *config, *_flags(options), *track, "--threads", str(args.threads), "--no-progress",
+           "--run-dir", str(run_dir), "--resume", "--json"]
+    result, wall = _run(cmd, log)
+    own = (result["test_way"], result["test_shot"])
+    out = {"folders": {own: str(run_dir)}, "train_wall_s": wall, "command": shlex.join(cmd[2:])}
+    for way, shot in settings:
+        if (way, shot) == own:
+            continue
+        ev, _ = _run([*fewshot, "eval", "--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot),
+                      "--eval-episodes", str(options.get("eval_episodes", 2000)), *track,
+                      "--threads", str(args.threads), "--no-progress", "--json"], log)
+        out["folders"][(way, shot)] = ev["eval_dir"]
+    print(f"{step['name']}: trained/resumed in {wall:.0f} s", file=sys.stderr)
+    return out
+
+
+def _cell(scores) -> str:
+    return f"{100 * scores.mean:.2f} +- {100 * scores.ci95:.2f}"
+
+
+def _diff(a, b) -> str:
+    p = paired_test(a.accuracies, b.accuracies)
+    return f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} (p={p['t_p']:.2g}, W p={p['wilcoxon_p']:.2g})"
+
+
+def report(plan: dict, done: dict, settings: list, argv: list) -> str:
+    scores = {name: {s: load_run(folder) for s, folder in d["folders"].items()} for name, d in done.items()}
+    heads = [f"{w}w{s}s" for w, s in settings]
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    lines = [f"# omniglot-minimal accuracy ablation",
+             "",
+             f"Generated by `{shlex.join(['python', 'benchmarks/omniglot_minimal.py', *argv])}` at commit {commit} "
+             f"on {datetime.date.today().isoformat()}, {os.cpu_count()} CPUs. Untouched output of that command.",
+             ""]
+    steps = [s for s in plan["steps"] if s["name"] in done]
+    for w, s in settings:
+        banks = {scores[st["name"]][(w, s)].bank_id for st in steps}
+        episodes = {scores[st["name"]][(w, s)].accuracies.size for st in steps}
+        lines.append(f"- {w}-way {s}-shot: bank {', '.join(sorted(banks))}, {', '.join(map(str, sorted(episodes)))} "
+                     "episodes, mean accuracy +- 95% CI (%)")
+    lines += ["", "## Every step", "", "| step | what it changes | " + " | ".join(heads) + " | train wall s |",
+              "|---|---|" + "---|" * len(heads) + "---|"]
+    for st in steps:
+        cells = [_cell(scores[st["name"]][x]) for x in settings]
+        lines.append(f"| {st['name']} | {st.get('what', '')} | " + " | ".join(cells)
+                     + f" | {done[st['name']]['train_wall_s']:.0f} |")
+    lines += ["", "## Each lever against the step before it (paired, same episodes; points, t-test and Wilcoxon p)", "",
+              "| step | vs | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+    for st in steps:
+        if st.get("vs") in done:
+            cells = [_diff(scores[st["name"]][x], scores[st["vs"]][x]) for x in settings]
+            lines.append(f"| {st['name']} | {st['vs']} | " + " | ".join(cells) + " |")
+    final = [n for n in plan.get("final", []) if n in done]
+    if len(final) == 2:
+        a, b = final
+        lines += ["", f"## Final: {a} vs {b}", "", "| setting | " + a + " | " + b + " | difference |", "|---|---|---|---|"]
+        for x, head in zip(settings, heads):
+            lines.append(f"| {head} | {_cell(scores[a][x])} | {_cell(scores[b][x])} | {_diff(scores[a][x], scores[b][x])} |")
+    lines += ["", "## Commands", ""] + [f"- {n}: `fewshot {d['command']}`" for n, d in done.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plan", required=True, type=Path, help="YAML plan of steps")
+    p.add_argument("--runs-dir", default="runs/omniglot-minimal", help="one run folder per step inside it")
+    p.add_argument("--out", required=True, type=Path, help="Markdown report to write")
+    p.add_argument("--data-root", help="folder with the omniglot-minimal zips (overrides the plan)")
+    p.add_argument("--settings", default="5w1s,5w5s,20w1s,20w5s", help="way/shot settings scored")
+    p.add_argument("--steps", help="comma-separated subset of the plan's steps (default: all)")
+    p.add_argument("--episodes", type=int, help="override every step's training episodes (screening)")
+    p.add_argument("--eval-episodes", type=int, help="override the bank size")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--experiment", default="omniglot-minimal")
+    p.add_argument("--no-track", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="a few glyphs episodes per step: checks the machinery")
+    args = p.parse_args(argv)
+    plan = load_plan(args.plan)
+    settings = [_setting(s) for s in args.settings.split(",") if s]
+    wanted = args.steps.split(",") if args.steps else [s["name"] for s in plan["steps"]]
+    unknown = set(wanted) - {s["name"] for s in plan["steps"]}
+    if unknown:
+        raise SystemExit(f"unknown steps {sorted(unknown)}; the plan has {[s['name'] for s in plan['steps']]}")
+    done = {s["name"]: run_step(s, plan, args, settings) for s in plan["steps"] if s["name"] in wanted}
+    text = report(plan, done, settings, argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
