@@ -1,0 +1,217 @@
+"""Provenance of benchmark results files: one header, one paired-difference cell, one ``--append``.
+
+Every results script in ``benchmarks/`` writes its file through this module, so that the file is
+the whole, untouched output of the runs it names: each run's exact command (``sys.argv``), the
+git commit (``git describe --always --dirty``), the date, the machine and, where a trained
+backbone was used, its checkpoint (path, sha256 fingerprint, step and validation accuracy as
+stored in it). Paired differences always come from :func:`fewshot.compare.paired_test`.
+
+``--append`` is how runs are merged: the script reads the JSON it wrote before (``{"runs": [...],
+"rows": [...]}``), adds its own run and rows (a row with the same key as an older one replaces
+it), and rewrites every output from the merged JSON. Each row names the run that made it.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+__all__ = ["commit", "command", "checkpoint_info", "provenance", "markdown_header", "text_header",
+           "paired", "paired_cell", "load_previous", "merge_rows", "write_json", "cpu_model", "smoke_run"]
+
+HEADER_MARK = "Untouched output of"
+"""Every header says this; tests look for it."""
+
+
+def commit() -> str:
+    """``git describe --always --dirty`` of the repository, or ``unknown`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out or "unknown"
+
+
+def command(script: str, argv: Sequence[str]) -> str:
+    """The command line that reruns ``script`` (a path) with ``argv``, from the repository root."""
+    path = Path(script).resolve()
+    try:
+        shown = str(path.relative_to(ROOT))
+    except ValueError:
+        shown = str(path)
+    return shlex.join(["python", shown, *map(str, argv)])
+
+
+def cpu_model() -> str:
+    """lscpu's "Model name", else ``platform.processor()``."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                platform.processor() or platform.machine())
+
+
+def checkpoint_info(path) -> Optional[dict]:
+    """Path, sha256 fingerprint (16 hex digits), and the step / validation accuracy the checkpoint
+    stores (``fewshot train``'s best.pt holds both); ``None`` for no checkpoint."""
+    if path is None:
+        return None
+    path = Path(path)
+    info = {"path": str(path)}
+    if not path.is_file():
+        info["missing"] = True
+        return info
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    info["sha256"] = digest.hexdigest()[:16]
+    try:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the authors' release files or anything torch cannot read safely: fingerprint only
+        state = None
+    if isinstance(state, dict):
+        for key in ("step", "val_acc"):
+            if isinstance(state.get(key), (int, float)):
+                info[key] = state[key]
+    return info
+
+
+def describe_checkpoint(info: Optional[dict]) -> str:
+    if info is None:
+        return "none (untrained, seeded weights)"
+    parts = [f"`{info['path']}`"]
+    if info.get("missing"):
+        parts.append("(file not found when the command ran)")
+    if "sha256" in info:
+        parts.append(f"sha256 {info['sha256']}")
+    if "step" in info:
+        parts.append(f"step {info['step']}")
+    if "val_acc" in info:
+        parts.append(f"validation accuracy {100 * info['val_acc']:.2f} %")
+    return ", ".join(parts)
+
+
+def provenance(script: str, argv: Sequence[str], checkpoint=None, **extra) -> dict:
+    """What a results file records about the run that made it (JSON-serialisable)."""
+    import torch
+
+    return {"command": command(script, argv), "commit": commit(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                       f"Python {platform.python_version()}",
+            "checkpoint": checkpoint_info(checkpoint) if not isinstance(checkpoint, dict) else checkpoint,
+            **extra}
+
+
+def _run_line(run: dict) -> str:
+    line = f"`{run['command']}` at commit {run['commit']} on {run['date']} ({run['machine']})"
+    extra = {k: v for k, v in run.items() if k not in ("command", "commit", "date", "machine", "checkpoint")}
+    if "checkpoint" in run:
+        line += f"; backbone checkpoint: {describe_checkpoint(run['checkpoint'])}"
+    for key, value in extra.items():
+        line += f"; {key}: {value}"
+    return line
+
+
+def markdown_header(title: str, runs: Sequence[dict]) -> List[str]:
+    """Markdown lines naming every run of the file (one: "Generated by"; several: a numbered list)."""
+    lines = [f"# {title}", ""]
+    if len(runs) == 1:
+        lines.append(f"Generated by {_run_line(runs[0])}. {HEADER_MARK} that command; nothing here is edited "
+                     "by hand.")
+    else:
+        lines.append(f"Merged from {len(runs)} runs (the later ones with `--append`; a row made again replaces the "
+                     f"older one, and the `run` column names the run of each row). {HEADER_MARK} these commands; "
+                     "nothing here is edited by hand.")
+        lines.append("")
+        lines += [f"{i}. {_run_line(run)}" for i, run in enumerate(runs, 1)]
+    return lines + [""]
+
+
+def text_header(runs: Sequence[dict]) -> List[str]:
+    """The same as :func:`markdown_header` for plain-text files, every line starting with ``# ``."""
+    return ["# " + line if line else "#" for line in markdown_header("", runs)[2:]]
+
+
+def paired(a, b) -> dict:
+    """:func:`fewshot.compare.paired_test` of per-episode accuracies ``a - b`` (equal lengths)."""
+    import numpy as np
+
+    from fewshot.compare import paired_test
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired accuracies need the same episodes: {a.size} against {b.size}")
+    return paired_test(a, b)
+
+
+def paired_cell(a, b) -> str:
+    """``+1.23 +- 0.45 (t p=0.012, W p=0.034)`` in points, from :func:`paired`."""
+    p = paired(a, b)
+    return (f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} "
+            f"(t p={p['t_p']:.2g}, W p={p['wilcoxon_p']:.2g})")
+
+
+def load_previous(path: Path, append: bool) -> Tuple[List[dict], List[dict]]:
+    """``(runs, rows)`` of the JSON results at ``path`` when appending, else empty lists."""
+    path = Path(path)
+    if not append:
+        return [], []
+    if not path.is_file():
+        raise SystemExit(f"--append: {path} does not exist; run once without --append first")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not isinstance(data.get("rows"), list):
+        raise SystemExit(f"--append: {path} was not written with a run record (it predates benchmarks/_results.py); "
+                         "write a new file without --append")
+    return data["runs"], data["rows"]
+
+
+def merge_rows(old: Iterable[dict], new: Iterable[dict], key: Callable[[dict], tuple]) -> List[dict]:
+    """Old rows in their order with the ones a new row re-makes replaced, then the other new rows."""
+    new = list(new)
+    fresh = {key(r): r for r in new}
+    merged, seen = [], set()
+    for r in old:
+        k = key(r)
+        if k in fresh:
+            merged.append(fresh[k])
+            seen.add(k)
+        else:
+            merged.append(r)
+    return merged + [r for r in new if key(r) not in seen]
+
+
+def write_json(path: Path, runs: Sequence[dict], rows: Sequence[dict], **extra) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": list(runs), **extra, "rows": list(rows)}, indent=2, default=str) + "\n")
+
+
+def smoke_run(run_dir: Path, backbone: str = "test_vig", episodes: int = 4) -> Path:
+    """Train a tiny ProtoNet (``backbone`` on glyphs, a few episodes, no tracking) into ``run_dir``
+    for the scripts' ``--smoke`` modes; returns the run folder (its best.pt is the checkpoint)."""
+    from fewshot.config import Config
+    from fewshot.training import train
+
+    run_dir = Path(run_dir)
+    config = Config(dataset="glyphs", backbone=backbone, way=5, shot=1, query=5, episodes=episodes,
+                    val_every=max(1, episodes // 2), val_episodes=4, eval_episodes=4, checkpoint_every=episodes,
+                    run_dir=str(run_dir), track=False, threads=1)
+    train(config, progress=False)
+    return run_dir
