@@ -224,8 +224,21 @@ def guess_backbone(state: StateDict) -> Tuple[Optional[str], int, int]:
     device): ``(name, matching keys, keys in state)``; name None when nothing matches at all."""
     import timm
 
+    names = list(_candidates())
+    pyramid = any(k.startswith("stages.") or k.endswith("relative_pos") for k in state)
+    isotropic = any(k.startswith("blocks.") for k in state) or (is_official_layout(state) and not pyramid)
+    if pyramid or isotropic:  # only build the family the keys point to
+        names = [n for n in names if n.startswith(("pvig", "test_pvig")) == pyramid and n != "conv4"]
+    else:  # no ViG key: only a backbone sharing a top-level module name can fit
+        import timm
+
+        with torch.device("meta"):
+            conv4_tops = {k.split(".")[0] for k in timm.create_model("conv4", num_classes=0).state_dict()}
+        tops = {k.split(".")[0] for k in state}
+        if not tops & (conv4_tops | {"stem", "pos_embed", "norm", "head"}):
+            return None, 0, len(state)
     best, best_score = None, 0
-    for name in _candidates():
+    for name in names:
         try:
             with torch.device("meta"):
                 model = timm.create_model(name, num_classes=0)
