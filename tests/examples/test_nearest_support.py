@@ -86,13 +86,20 @@ def test_the_example_trains_and_evaluates_from_the_command_line(tmp_path):
     common = ["--matcher", "nearest_support", "--eval-episodes", "5", "--no-track", "--no-progress", "--json",
               "--run-dir", str(run_dir), "--device", "cpu"]
     train = subprocess.run([sys.executable, str(EXAMPLE), "train", *common, "--episodes", "3", "--val-episodes", "0",
-                            "--temperature", "0.05"], capture_output=True, text=True, env=ENV, cwd=tmp_path,
-                           timeout=300)
+                            "--temperature", "0.05", "--matcher-opt", "reduce=mean"], capture_output=True, text=True,
+                           env=ENV, cwd=tmp_path, timeout=300)
     assert train.returncode == 0, train.stderr[-3000:]
     result = json.loads(train.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 3 and result["test_episodes"] == 5 and 0 <= result["test_acc"] <= 1
-    assert "matcher: nearest_support" in (run_dir / "config.yaml").read_text()
     assert (run_dir / "last.pt").is_file()
+    # the options reach the matcher the run builds (a rebuilt run, as fewshot eval makes it)
+    built = subprocess.run([sys.executable, "-c", "import sys, nearest_support\n"
+                            "from fewshot.evaluate_run import load_run_config\nfrom fewshot.model import build_model\n"
+                            "m = build_model(load_run_config(sys.argv[1]), 28, 1).matcher\n"
+                            "print(type(m).__name__, m.reduce, m.temperature)", str(run_dir)],
+                           capture_output=True, text=True, env=ENV, timeout=120)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert built.stdout.split() == ["NearestSupportMatcher", "mean", "0.05"]
 
     evaluated = subprocess.run([sys.executable, str(EXAMPLE), "eval", *common, "--checkpoint", "last", "--shot", "2"],
                                capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
@@ -102,10 +109,17 @@ def test_the_example_trains_and_evaluates_from_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_unknown_matcher_name_on_the_command_line_is_one_clear_error(tmp_path):
+def test_an_unknown_matcher_name_or_option_value_on_the_command_line_is_one_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLE), "train", "--matcher", "nearest_suport", "--no-track",
                            "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=ENV, cwd=tmp_path,
                           timeout=120)
     assert proc.returncode == 2
     assert "nearest_support" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+    bad = subprocess.run([sys.executable, str(EXAMPLE), "train", "--matcher", "nearest_support", "--matcher-opt",
+                          "reduce=median", "--no-track", "--run-dir", str(tmp_path / "run")], capture_output=True,
+                         text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2
+    assert "reduce" in bad.stderr and "max, mean" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "run").exists()
