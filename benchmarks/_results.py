@@ -125,7 +125,9 @@ def _run_line(run: dict) -> str:
     if "checkpoint" in run:
         line += f"; backbone checkpoint: {describe_checkpoint(run['checkpoint'])}"
     for key, value in extra.items():
-        line += f"; {key}: {value}"
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+        line += f"; {key.replace('_', ' ')}: {value}"
     return line
 
 

@@ -11,26 +11,39 @@ bank seed 0 as ``fewshot train``) and every method:
    per-episode methods (support-conditioned prompts, test-time tuning, linear probe) on its first
    n episodes (``--sub-bank``); every method is also reported on those same first n episodes;
 4. accuracy +- 95% CI, trainable / frozen parameters and seconds per test episode are printed,
-   logged to one MLflow experiment (one run per method and setting), and a plot of accuracy
-   against trainable parameters (PNG) is written and logged.
+   logged to one MLflow experiment (one run per method and setting, unless ``--no-track``), and a
+   plot of accuracy against trainable parameters (PNG) is written and logged;
+5. every method is paired with ``none`` (the frozen backbone as it is) on the same first n
+   episodes by ``fewshot.compare.paired_test``: difference +- 95% CI, t-test and Wilcoxon p.
+
+``--out`` receives ``results.json`` (the runs that made it and every row with its per-episode
+accuracies), ``results.md`` (a provenance header naming each run's command, commit, date and
+backbone checkpoint with its sha256, then the table) and ``accuracy_vs_params.png``, all three
+rewritten from the JSON. ``--append`` adds this run's rows to the JSON already in ``--out`` (a
+method and way made again replace the older row; the backbone checkpoint, dataset, bank and
+temperature must be the same) instead of starting a new file.
 
 Usage:
     python benchmarks/prompts.py --quick                       # tiny: checks the pipeline
+    python benchmarks/prompts.py --smoke --out /tmp/p          # seconds: test_vig trained on glyphs
     python benchmarks/prompts.py --ways 5,20 --bank 2000 --sub-bank 100,30 --meta-episodes 60
+    python benchmarks/prompts.py --ways 5,20 --sub-bank 40,10 --methods "full fine-tuning (lr 1e-4)" --append
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before benchmarks/: its matchers.py is a script
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
+import _results  # noqa: E402
 import matchers  # noqa: E402
 import models  # noqa: E402
 import prompts  # noqa: E402
@@ -40,26 +53,36 @@ from fewshot.model import count_parameters  # noqa: E402
 from fewshot.prompting import PromptedModel, load_backbone  # noqa: E402
 from fewshot.tracking import make_tracker  # noqa: E402
 
-# (label, prompt, adapt, prompt options) - amortised rows first, tuned rows last
+# (label, prompt, adapt, prompt options, PromptedModel options over the command line's) - amortised
+# rows first, tuned rows last
 METHODS = [
-    ("none", "none", "amortised", {}),
-    ("add", "add", "amortised", {}),
-    ("modify", "modify", "amortised", {}),
-    ("delete", "delete", "amortised", {}),
-    ("graph (all three)", "graph", "amortised", {}),
-    ("VPT deep", "vpt", "amortised", {}),
-    ("GPF", "gpf", "amortised", {}),
-    ("GPF-plus", "gpf-plus", "amortised", {}),
-    ("VGP", "vgp", "amortised", {}),
-    ("linear probe", "none", "linear", {}),
-    ("VGP + tune", "vgp", "tune", {}),
-    ("full fine-tuning", "none", "full", {}),
-    ("add + tune", "add", "tune", {}),
-    ("head-only tune", "none", "head", {}),
-    ("VPT shallow", "vpt-shallow", "amortised", {}),
-    ("GPF + tune", "gpf", "tune", {}),
+    ("none", "none", "amortised", {}, {}),
+    ("add", "add", "amortised", {}, {}),
+    ("modify", "modify", "amortised", {}, {}),
+    ("delete", "delete", "amortised", {}, {}),
+    ("graph (all three)", "graph", "amortised", {}, {}),
+    ("VPT deep", "vpt", "amortised", {}, {}),
+    ("GPF", "gpf", "amortised", {}, {}),
+    ("GPF-plus", "gpf-plus", "amortised", {}, {}),
+    ("VGP", "vgp", "amortised", {}, {}),
+    ("linear probe", "none", "linear", {}, {}),
+    ("VGP + tune", "vgp", "tune", {}, {}),
+    ("full fine-tuning", "none", "full", {}, {}),
+    ("add + tune", "add", "tune", {}, {}),
+    ("head-only tune", "none", "head", {}, {}),
+    ("VPT shallow", "vpt-shallow", "amortised", {}, {}),
+    ("GPF + tune", "gpf", "tune", {}, {}),
+    # --adapt-lr 1e-2 wrecks the backbone when every parameter is tuned: 10 Adam steps at 1e-4
+    ("full fine-tuning (lr 1e-4)", "none", "full", {}, {"adapt_lr": 1e-4}),
 ]
+LABELS = [m[0] for m in METHODS]
 CHEAP = ("amortised",)
+SMOKE = {"dataset": "glyphs", "data_root": None, "backbone": "test_vig", "ways": "5", "bank": 6, "sub_bank": "3",
+         "meta_episodes": 2, "adapt_steps": 1, "no_track": True,
+         "methods": "none,GPF,VGP,linear probe,VGP + tune,full fine-tuning (lr 1e-4)"}
+"""--smoke's defaults; the backbone is a test_vig trained for a few glyphs episodes (``_results.smoke_run``)."""
+SAME_FOR_APPEND = ("dataset", "backbone", "bank", "temperature", "seed")
+"""Settings every run merged into one file by --append must share (with the checkpoint's sha256)."""
 
 
 def newest_backbone() -> str:
@@ -125,33 +148,47 @@ def plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
-def table(rows) -> str:
-    """Markdown table of the rows: accuracy on the common first n episodes, and on the whole bank
-    where the method was run on it."""
-    lines = ["| way | method | adapt | acc % first n (n) | paired diff vs none, first n | acc % whole bank (episodes) "
-             "| trainable | frozen | s/episode |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def table(rows, runs=()) -> str:
+    """The results file: provenance header, then a Markdown table of the rows: accuracy on the first
+    n episodes, the paired difference with ``none`` on those n, and the whole bank where the method
+    was run on it."""
+    many = len(runs) > 1
+    lines = _results.markdown_header("Graph prompts on a frozen ViG", runs) if runs else []
+    lines += ["| way | method | adapt | acc % first n (n) | paired diff vs none, first n (t p, W p) | "
+              "acc % whole bank (episodes) | trainable | frozen | s/episode |" + (" run |" if many else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if many else "")]
     base = {r["way"]: r for r in rows if r["method"] == "none"}
     for r in rows:
         diff = "-"
         b = base.get(r["way"])
-        if b is not None and "episode_accuracies" in r and "episode_accuracies" in b and r is not b:
-            n = r["sub_episodes"]
-            d = torch.tensor(r["episode_accuracies"][:n]) - torch.tensor(b["episode_accuracies"][:n])
-            m, c = summarise(d)
-            diff = f"{100 * m:+.2f} +- {100 * c:.2f}"
+        n = r["sub_episodes"]
+        if b is not None and r is not b and len(b["episode_accuracies"]) >= n:
+            diff = _results.paired_cell(r["episode_accuracies"][:n], b["episode_accuracies"][:n])
         whole = (f"{100 * r['acc']:.2f} +- {100 * r['ci95']:.2f} ({r['episodes']})"
                  if r["episodes"] > r["sub_episodes"] else "-")
         lines.append(f"| {r['way']} | {r['method']} | {r['adapt']} | {100 * r['sub_acc']:.2f} +- "
                      f"{100 * r['sub_ci95']:.2f} ({r['sub_episodes']}) | {diff} | {whole} | {r['trainable']} | {r['frozen']} | "
-                     f"{r['sec_per_episode']:.3f} |")
+                     f"{r['sec_per_episode']:.3f} |" + (f" {r['run']} |" if many else ""))
     return "\n".join(lines)
 
 
+def _key(row: dict) -> tuple:
+    return row["method"], row["way"]
+
+
+def _save(out: Path, runs: list, rows: list) -> None:
+    _results.write_json(out / "results.json", runs, rows)
+    plot(rows, out / "accuracy_vs_params.png")
+    (out / "results.md").write_text(table(rows, runs) + "\n")
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone-from", default=None, help="default: newest runs/*omniglot*vig_small_28*/best.pt")
+    ap.add_argument("--dataset", default="omniglot")
     ap.add_argument("--data-root", default="../shared/data/omniglot")
+    ap.add_argument("--backbone", default="vig_small_28", help="the architecture of --backbone-from")
     ap.add_argument("--ways", default="5,20")
     ap.add_argument("--bank", type=int, default=2000, help="bank size; amortised methods use all of it")
     ap.add_argument("--sub-bank", default="100,30",
@@ -161,25 +198,52 @@ def main(argv=None) -> None:
     ap.add_argument("--meta-way", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--adapt-steps", type=int, default=10)
-    ap.add_argument("--adapt-lr", type=float, default=1e-2)
+    ap.add_argument("--adapt-lr", type=float, default=1e-2, help="tuning rate (a method may fix its own)")
     ap.add_argument("--blocks", default="all")
     ap.add_argument("--temperature", type=float, default=10.0,
                     help="prototype matcher temperature (the vig_small_28 backbones are trained with 10)")
-    ap.add_argument("--methods", default=None, help="comma-separated labels (default: all)")
+    ap.add_argument("--methods", default=None, help=f"comma-separated labels (default: all): {', '.join(LABELS)}")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--experiment", default="prompts-omniglot")
     ap.add_argument("--no-track", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/prompts")
+    ap.add_argument("--out", default=None, help="folder (default benchmarks/results/prompts; --smoke: a temporary one)")
+    ap.add_argument("--append", action="store_true", help="add this run's rows to the results already in --out")
     ap.add_argument("--quick", action="store_true", help="tiny run: 20 / 4 episodes, 5 meta-episodes, 5-way")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds: a test_vig trained on a few glyphs episodes, 6 / 2 episodes, 2 meta-episodes, "
+                         "a few methods, no tracking")
+    if "--smoke" in argv:  # its settings are defaults: options given with --smoke still apply
+        ap.set_defaults(**SMOKE)
     args = ap.parse_args(argv)
     if args.quick:
         args.bank, args.sub_bank, args.meta_episodes, args.ways, args.adapt_steps = 20, "4", 5, "5", 3
+    if args.smoke:
+        if args.backbone_from is None:
+            args.backbone_from = str(_results.smoke_run(Path(tempfile.mkdtemp(prefix="prompts-run-"))) / "best.pt")
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="prompts-") if args.smoke else "benchmarks/results/prompts"
+    wanted = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(wanted or ()) - set(LABELS))
+    if unknown:
+        ap.error(f"unknown methods {unknown}; the script knows {LABELS}")
     torch.set_num_threads(1)
     ckpt = args.backbone_from or newest_backbone()
-    splits = load_splits("omniglot", args.data_root, None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wanted = None if args.methods is None else {m.strip() for m in args.methods.split(",")}
+    runs, old_rows = _results.load_previous(out / "results.json", args.append)
+    settings = {k: getattr(args, k) for k in ("dataset", "backbone", "ways", "bank", "sub_bank", "meta_episodes",
+                                              "meta_way", "lr", "adapt_steps", "adapt_lr", "blocks", "temperature",
+                                              "seed")}
+    run = _results.provenance(__file__, argv, ckpt, settings=settings)
+    for i, old in enumerate(runs, 1):
+        same = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
+        if (old["checkpoint"] or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):
+            same.append("backbone checkpoint (sha256)")
+        if same:
+            sys.exit(f"--append: run {i} in {out / 'results.json'} differs in {', '.join(same)}; "
+                     "rows of different set-ups do not belong in one table")
+    runs = [*runs, run]
+    splits = load_splits(args.dataset, args.data_root, None)
     tracker_args = (not args.no_track, None, args.experiment)
     rows = []
     print(f"backbone {ckpt} (frozen); bank {args.bank} episodes (fixed prompts), first {args.sub_bank} "
@@ -190,18 +254,19 @@ def main(argv=None) -> None:
     if len(subs) == 1:
         subs = subs * len(ways)
     banks = {w: EpisodeSampler(splits.test, w, 1, 15, seed=0).bank(args.bank) for w in ways}
-    for label, prompt_name, adapt, opts in METHODS:
+    for label, prompt_name, adapt, opts, fixed in METHODS:
         if wanted is not None and label not in wanted:
             continue
         torch.manual_seed(args.seed)
-        backbone = load_backbone(models.create_backbone("vig_small_28"), ckpt)
+        backbone = load_backbone(models.create_backbone(args.backbone, img_size=splits.train.image_shape[-1],
+                                                        in_chans=splits.train.image_shape[0]), ckpt)
         options = dict(opts)
         if "blocks" in prompts.accepted_options(prompt_name) and prompt_name != "vpt-shallow":
             options["blocks"] = args.blocks
         prompt = prompts.create(prompt_name, backbone, **options)
+        tuning = {"adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr, **fixed}
         model = PromptedModel(backbone, prompt, matchers.create("prototype", temperature=args.temperature),
-                              adapt=adapt,
-                              adapt_steps=args.adapt_steps, adapt_lr=args.adapt_lr, seed=args.seed)
+                              adapt=adapt, seed=args.seed, **tuning)
         t0 = time.perf_counter()
         meta_train(model, splits.train, args.meta_way, args.meta_episodes, args.lr, args.seed)
         meta_s = time.perf_counter() - t0
@@ -227,7 +292,8 @@ def main(argv=None) -> None:
             row = {"method": label, "prompt": prompt_name, "adapt": adapt, "way": way, "episodes": len(accs),
                    "acc": mean, "ci95": ci, "sub_episodes": n, "sub_acc": sub_mean, "sub_ci95": sub_ci,
                    "trainable": counts["trainable"], "frozen": counts["frozen"],
-                   "sec_per_episode": sec, "meta_train_s": meta_s, "bank_id": bank.bank_id,
+                   "sec_per_episode": sec, "meta_train_s": meta_s, "bank_id": bank.bank_id, "run": len(runs),
+                   "adapt_steps": tuning["adapt_steps"], "adapt_lr": tuning["adapt_lr"],
                    "episode_accuracies": [round(a, 6) for a in accs.tolist()]}
             rows.append(row)
             print(f"{way:>2}-way  {label:<20} first {n}: {100 * sub_mean:6.2f} +- {100 * sub_ci:5.2f}   "
@@ -238,27 +304,24 @@ def main(argv=None) -> None:
                                                                         "sub_episodes", "bank_id")},
                                                 "trainable_params": counts["trainable"],
                                                 "frozen_params": counts["frozen"], "backbone_from": ckpt,
-                                                "meta_episodes": args.meta_episodes, "adapt_steps": args.adapt_steps,
-                                                "adapt_lr": args.adapt_lr, "blocks": args.blocks,
+                                                "meta_episodes": args.meta_episodes, **tuning, "blocks": args.blocks,
                                                 "temperature": args.temperature},
-                          tags={"command": "benchmarks/prompts.py"})
+                          tags={"command": run["command"]})
             tracker.log_metrics({"test_acc": mean, "test_ci95": ci, "sub_acc": sub_mean, "sub_ci95": sub_ci,
                                  "sec_per_episode": sec, "meta_train_s": meta_s}, step=0)
             tracker.log_text("\n".join(f"{a:.6f}" for a in accs.tolist()) + "\n", "test_episode_accuracies.txt")
             tracker.end("FINISHED")
-            (out / "results.json").write_text(json.dumps(rows, indent=2))
-            plot(rows, out / "accuracy_vs_params.png")
+            _save(out, runs, _results.merge_rows(old_rows, rows, _key))  # what is done survives a kill
+    rows = _results.merge_rows(old_rows, rows, _key)
+    _save(out, runs, rows)
     tracker = make_tracker(*tracker_args)
     tracker.start("summary", {"ways": args.ways, "bank": args.bank, "sub_bank": args.sub_bank,
                               "backbone_from": ckpt, "meta_episodes": args.meta_episodes},
-                  tags={"command": "benchmarks/prompts.py"})
-    tracker.log_artifact(out / "accuracy_vs_params.png")
-    tracker.log_artifact(out / "results.json")
-    (out / "results.md").write_text(table(rows) + "\n")
-    tracker.log_artifact(out / "results.md")
+                  tags={"command": run["command"]})
+    for name in ("accuracy_vs_params.png", "results.json", "results.md"):
+        tracker.log_artifact(out / name)
     tracker.end("FINISHED")
-    (out / "results.md").write_text(table(rows) + "\n")
-    print(table(rows))
+    print(table(rows, runs))
     print(f"wrote {out / 'results.json'}, results.md and {out / 'accuracy_vs_params.png'}")
 
 
