@@ -13,25 +13,38 @@ For a frozen ViG backbone (``--backbone-from``, a ProtoNet run's best.pt) and on
    (``--steps``): each episode clones the prompt and adapts it on its support set only, with the
    same loss and learning rate as the inner loop (``PromptedModel`` with ``meta_init``);
 4. accuracy +- 95% CI per cell, a markdown table, a plot of accuracy against adaptation steps
-   (PNG), one MLflow run per cell in one experiment.
+   (PNG), one MLflow run per cell in one experiment (unless ``--no-track``);
+5. paired differences on the same episodes (``fewshot.compare.paired_test``: difference +- 95% CI,
+   t-test and Wilcoxon p) at every step count: each meta-learned initialisation against
+   ``random``, and each DAM-VP C against the single prompt of ``--cluster-init``.
+
+Everything goes to ``--out``/``--name`` (default ``benchmarks/results/meta_prompts/<dataset>``):
+``results.json`` (the runs that made it, with command, commit, backbone checkpoint and its sha256,
+prompt and every setting, and the rows with per-episode accuracies), ``results.md`` (that header,
+the accuracy table and the paired table) and ``accuracy_vs_steps.png``, all rewritten from the
+JSON. ``--append`` adds this run's rows to that JSON (a cell made again replaces the older one;
+the checkpoint, dataset, prompt, temperature and seed must be the same).
 
 Usage:
     python benchmarks/meta_prompts.py --quick        # tiny: checks the pipeline
+    python benchmarks/meta_prompts.py --smoke --out /tmp/mp   # seconds: test_vig trained on glyphs
     python benchmarks/meta_prompts.py --dataset omniglot --data-root ../shared/data/omniglot \\
         --backbone-from runs/omniglot-vig-fixed-20w5s/best.pt --bank 100 --meta-steps 40
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # before benchmarks/: its matchers.py is a script
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
+import _results  # noqa: E402
 import matchers  # noqa: E402
 import models  # noqa: E402
 import prompts  # noqa: E402
@@ -41,6 +54,12 @@ from fewshot.model import to_input  # noqa: E402
 from fewshot.prompting import PromptedModel, load_backbone  # noqa: E402
 from fewshot.tracking import make_tracker  # noqa: E402
 from prompts import meta  # noqa: E402
+
+
+SMOKE = {"dataset": "glyphs", "data_root": None, "backbone": "test_vig", "bank": "4", "meta_steps": 1,
+         "meta_batch": 2, "steps": "0,1", "inits": "random,fomaml", "clusters": "2", "no_track": True}
+"""--smoke's defaults; the backbone is a test_vig trained for a few glyphs episodes (``_results.smoke_run``)."""
+SAME_FOR_APPEND = ("dataset", "backbone", "prompt", "blocks", "nodes", "temperature", "seed")
 
 
 def tasks(train_set, way: int, shot: int, query: int, seed: int):
@@ -93,19 +112,54 @@ def plot(rows, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def table(rows) -> str:
+def table(rows, runs=()) -> str:
+    """The results file: header, accuracy per (way, init, clusters) against steps, paired table."""
+    many = len(runs) > 1
     steps = sorted({r["steps"] for r in rows})
-    lines = ["| way | init | clusters | meta-train s | " + " | ".join(f"{s} steps" for s in steps) + " |",
-             "|---|---|---|---|" + "---|" * len(steps)]
+    lines = _results.markdown_header("Meta-learned prompt initialisation and DAM-VP", runs) if runs else []
+    lines += ["| way | init | clusters | meta-train s | " + " | ".join(f"{s} steps" for s in steps) + " |"
+              + (" run |" if many else ""),
+              "|---|---|---|---|" + "---|" * len(steps) + ("---|" if many else "")]
     for key in dict.fromkeys((r["way"], r["init"], r["clusters"]) for r in rows):
         cells = {r["steps"]: r for r in rows if (r["way"], r["init"], r["clusters"]) == key}
         any_row = next(iter(cells.values()))
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {any_row['meta_train_s']:.0f} | " + " | ".join(
-            f"{100 * cells[s]['acc']:.2f} +- {100 * cells[s]['ci95']:.2f}" if s in cells else "-" for s in steps) + " |")
+            f"{100 * cells[s]['acc']:.2f} +- {100 * cells[s]['ci95']:.2f}" if s in cells else "-" for s in steps) + " |"
+            + (f" {','.join(sorted({str(c['run']) for c in cells.values()}))} |" if many else ""))
+    pairs = paired_rows(rows)
+    if pairs:
+        lines += ["", "Paired on the same episodes (points, +- 95% CI; paired t-test and Wilcoxon signed-rank p, "
+                  "`fewshot.compare.paired_test`): each meta-learned initialisation against `random`, each DAM-VP C "
+                  "against the single prompt with the same initialisation.", "",
+                  "| way | steps | init | clusters | against | difference (t p, W p) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['way']} | {r['steps']} | {r['init']} | {r['clusters']} | {against} | {cell} |"
+                  for r, against, cell in pairs]
     return "\n".join(lines)
 
 
+def paired_rows(rows) -> list:
+    """``(row, what it is paired with, difference cell)`` for every row that has a partner."""
+    cells = {(r["way"], r["init"], r["clusters"], r["steps"]): r for r in rows}
+    out = []
+    for r in rows:
+        if r["clusters"] == 1 and r["init"] != "random":
+            partner, against = cells.get((r["way"], "random", 1, r["steps"])), "random, 1 cluster"
+        elif r["clusters"] > 1:
+            partner, against = cells.get((r["way"], r["init"], 1, r["steps"])), f"{r['init']}, 1 cluster"
+        else:
+            continue
+        if partner is not None and len(partner["episode_accuracies"]) == len(r["episode_accuracies"]) \
+                and partner["bank_id"] == r["bank_id"]:
+            out.append((r, against, _results.paired_cell(r["episode_accuracies"], partner["episode_accuracies"])))
+    return out
+
+
+def _key(row: dict) -> tuple:
+    return row["way"], row["init"], row["clusters"], row["steps"]
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="omniglot")
     ap.add_argument("--data-root", default=None)
@@ -131,16 +185,41 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--experiment", default="meta-prompts")
     ap.add_argument("--no-track", action="store_true")
-    ap.add_argument("--out", default="benchmarks/results/meta_prompts")
+    ap.add_argument("--out", default=None,
+                    help="parent folder (default benchmarks/results/meta_prompts; --smoke: a temporary one)")
+    ap.add_argument("--name", default=None, help="subfolder of --out written (default: the dataset)")
+    ap.add_argument("--append", action="store_true", help="add this run's rows to the results already there")
     ap.add_argument("--quick", action="store_true", help="tiny: test_vig on glyphs, 6 episodes, 2 meta-steps")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds: a test_vig trained on a few glyphs episodes, 4 episodes, 1 meta-step, no tracking")
+    if "--smoke" in argv:  # its settings are defaults: options given with --smoke still apply
+        ap.set_defaults(**SMOKE)
     args = ap.parse_args(argv)
     if args.quick:
         args.dataset, args.backbone, args.bank, args.meta_steps, args.steps = "glyphs", "test_vig", "6", 2, "0,2"
         args.clusters, args.meta_batch = "2", 2
+    if args.smoke and args.backbone_from is None:
+        args.backbone_from = str(_results.smoke_run(Path(tempfile.mkdtemp(prefix="meta_prompts-run-"))) / "best.pt")
+    if args.out is None:
+        args.out = tempfile.mkdtemp(prefix="meta_prompts-") if args.smoke else "benchmarks/results/meta_prompts"
     torch.set_num_threads(args.threads)
-    splits = load_splits(args.dataset, args.data_root, None)
-    out = Path(args.out) / args.dataset
+    out = Path(args.out) / (args.name or args.dataset)
     out.mkdir(parents=True, exist_ok=True)
+    runs, old_rows = _results.load_previous(out / "results.json", args.append)
+    settings = {k: getattr(args, k) for k in ("dataset", "backbone", "prompt", "blocks", "nodes", "ways", "bank",
+                                              "steps", "inits", "clusters", "cluster_init", "cluster_steps",
+                                              "meta_steps", "meta_batch", "inner_steps", "inner_lr", "meta_lr",
+                                              "temperature", "seed")}
+    run = _results.provenance(__file__, argv, args.backbone_from, settings=settings)
+    for i, old in enumerate(runs, 1):
+        differ = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
+        if (old["checkpoint"] or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):
+            differ.append("backbone checkpoint (sha256)")
+        if differ:
+            sys.exit(f"--append: run {i} in {out / 'results.json'} differs in {', '.join(differ)}; "
+                     "rows of different set-ups do not belong in one table")
+    runs = [*runs, run]
+    splits = load_splits(args.dataset, args.data_root, None)
     ways = [int(w) for w in args.ways.split(",")]
     sizes = [int(n) for n in args.bank.split(",")]
     sizes = sizes * len(ways) if len(sizes) == 1 else sizes
@@ -183,7 +262,7 @@ def main(argv=None) -> None:
                 sec = (time.perf_counter() - t0) / len(banks[way])
                 row = {"dataset": args.dataset, "way": way, "init": init, "clusters": clusters, "steps": s,
                        "acc": res.mean, "ci95": res.ci95, "episodes": res.episodes, "bank_id": res.bank_id,
-                       "trainable": trainable, "meta_train_s": meta_s, "sec_per_episode": sec,
+                       "trainable": trainable, "meta_train_s": meta_s, "sec_per_episode": sec, "run": len(runs),
                        "episode_accuracies": [round(a, 6) for a in res.accuracies.tolist()]}
                 rows.append(row)
                 print(f"{way:>2}-way  init {init:<7} C={clusters}  {s:>2} steps: {100 * res.mean:6.2f} +- "
@@ -195,20 +274,22 @@ def main(argv=None) -> None:
                                   "prompt": args.prompt, "backbone_from": args.backbone_from, "meta_steps": args.meta_steps,
                                   "meta_batch": args.meta_batch, "inner_steps": args.inner_steps,
                                   "inner_lr": args.inner_lr},
-                              tags={"command": "benchmarks/meta_prompts.py"})
+                              tags={"command": run["command"]})
                 tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95, "sec_per_episode": sec,
                                      "meta_train_s": meta_s}, step=s)
                 tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n",
                                  "test_episode_accuracies.txt")
                 tracker.end("FINISHED")
-                (out / "results.json").write_text(json.dumps(rows, indent=2))
+                _results.write_json(out / "results.json", runs, _results.merge_rows(old_rows, rows, _key))
+    rows = _results.merge_rows(old_rows, rows, _key)
+    _results.write_json(out / "results.json", runs, rows)
     plot(rows, out / "accuracy_vs_steps.png", f"{args.dataset}, prompt {args.prompt}")
-    (out / "results.md").write_text(table(rows) + "\n")
-    print(table(rows))
+    (out / "results.md").write_text(table(rows, runs) + "\n")
+    print(table(rows, runs))
     tracker = make_tracker(not args.no_track, None, args.experiment)
     tracker.start(f"{args.dataset}-summary", {"dataset": args.dataset, "prompt": args.prompt,
                                               "backbone_from": args.backbone_from},
-                  tags={"command": "benchmarks/meta_prompts.py"})
+                  tags={"command": run["command"]})
     for name in ("accuracy_vs_steps.png", "results.md", "results.json"):
         tracker.log_artifact(out / name)
     tracker.end("FINISHED")
