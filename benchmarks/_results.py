@@ -107,16 +107,22 @@ def describe_checkpoint(info: Optional[dict]) -> str:
     return ", ".join(parts)
 
 
-def provenance(script: str, argv: Sequence[str], checkpoint=None, **extra) -> dict:
-    """What a results file records about the run that made it (JSON-serialisable)."""
+NO_BACKBONE = "no backbone"
+
+
+def provenance(script: str, argv: Sequence[str], checkpoint=NO_BACKBONE, **extra) -> dict:
+    """What a results file records about the run that made it (JSON-serialisable). ``checkpoint``:
+    the backbone weights' file, ``None`` for untrained seeded weights, or left out when the script
+    uses no backbone."""
     import torch
 
-    return {"command": command(script, argv), "commit": commit(),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                       f"Python {platform.python_version()}",
-            "checkpoint": checkpoint_info(checkpoint) if not isinstance(checkpoint, dict) else checkpoint,
-            **extra}
+    out = {"command": command(script, argv), "commit": commit(),
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                      f"Python {platform.python_version()}"}
+    if checkpoint != NO_BACKBONE:
+        out["checkpoint"] = checkpoint_info(checkpoint)
+    return {**out, **extra}
 
 
 def _run_line(run: dict) -> str:

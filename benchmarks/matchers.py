@@ -15,9 +15,13 @@ to ``/proc/self/clear_refs`` (Linux), after ``malloc_trim(0)`` has returned glib
 memory to the OS. Elsewhere it falls back to the ``resource.getrusage`` max-RSS delta, which
 only shows calls that raise the process's lifetime peak.
 
+The table goes to stdout and, with ``--out``, to that file, headed by the command, commit, date
+and machine (``benchmarks/_results.py``): the file is the script's whole output.
+
 Usage:
-    python benchmarks/matchers.py --quick     # 1 timed repetition
+    python benchmarks/matchers.py --quick --out benchmarks/results/matchers_quick.txt   # 1 timed repetition
     python benchmarks/matchers.py --reps 7    # default 5
+    python benchmarks/matchers.py --smoke --out /tmp/m.txt   # seconds: 16 nodes, 1-shot, 1 repetition
 """
 from __future__ import annotations
 
@@ -40,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from matchers import HungarianMatcher, KNNMatcher, PatchVotingMatcher, PrototypeMatcher  # noqa: E402
 from matchers.hungarian import sinkhorn_plan  # noqa: E402
+
+sys.path.insert(1, str(Path(__file__).resolve().parent))
+import _results  # noqa: E402
 
 WAY, QUERY, DIM = 5, 15, 192
 
@@ -239,17 +246,29 @@ def main(argv=None) -> None:
     parser.add_argument("--matchers", nargs="+", choices=list(ENTRIES), default=list(ENTRIES), metavar="NAME",
                         help=f"subset of: {', '.join(ENTRIES)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shots", default="1,5", help="comma-separated shots (default 1,5)")
+    parser.add_argument("--nodes", default="196,49", help="comma-separated node counts (default 196,49)")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 16 nodes, 1-shot, one repetition")
+    parser.add_argument("--out", default=None, help="also write the output (with its provenance header) to this file")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.shots, args.nodes, args.reps = "1", "16", 1
     reps = args.reps or (1 if args.quick else 5)
     if reps < 1:
         parser.error(f"--reps must be >= 1, got {reps}")
-    rows, probe = run(args.matchers, [1, 5], [196, 49], reps, args.seed)
+    shots, nodes = [int(v) for v in args.shots.split(",") if v], [int(v) for v in args.nodes.split(",") if v]
+    header = _results.text_header([_results.provenance(__file__, argv)])
+    rows, probe = run(args.matchers, shots, nodes, reps, args.seed)
     memory = ("peak RSS rise during the call (VmHWM reset via /proc/self/clear_refs, minus VmRSS before)"
               if probe == "vmhwm" else "resource.getrusage max-RSS delta (lifetime peak: later calls may show 0)")
-    print(f"\n{WAY}-way, {QUERY} queries per class, dim {DIM}; median of {reps} interleaved repetition(s) per cell; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}; memory: {memory}.\n")
-    print(markdown(rows))
+    text = (f"\n{WAY}-way, {QUERY} queries per class, dim {DIM}; median of {reps} interleaved repetition(s) per cell; "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+            f"{platform.processor() or platform.machine()}; memory: {memory}.\n\n" + markdown(rows))
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("\n".join(header) + "\n" + text + "\n")
 
 
 if __name__ == "__main__":
