@@ -169,8 +169,9 @@ class MaxRelativeGraphConv(nn.Module):
     def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
         """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` -> ``[B, out_dim, N, 1]``."""
         batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
-        x_j = x[batch, neighbours]  # [B, N, k, D]
-        relative = (x_j - x.unsqueeze(2)).amax(dim=2)  # [B, N, D]
+        # max_j (x_j - x_i) = max_j x_j - x_i, bit for bit (rounding x_j - x_i is monotone in x_j); max() with
+        # indices backpropagates by one scatter, where amax()'s backward builds tie masks (2x the step's time)
+        relative = x[batch, neighbours].max(dim=2).values - x  # [B, N, D]
         x = torch.stack([x, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved
         return self.act(self.norm(self.conv(nodes_to_conv(x))))
 
