@@ -43,7 +43,11 @@ them is kernel time. Results go to ``--out`` (JSON) and a Markdown table is prin
 easyfsl is not a dependency: ``bash benchmarks/setup_easyfsl.sh`` installs it into
 ``benchmarks/.easyfsl``, which this script puts on ``sys.path``.
 
+The JSON records the command, commit, date and machine (``provenance``, from
+``benchmarks/_results.py``) beside the results, so the file is the script's whole output.
+
 Usage:
+    python benchmarks/train_throughput.py --smoke --out /tmp/t.json   # seconds: glyphs, 5-way 1-shot, 1 x 1 episode
     python benchmarks/train_throughput.py --quick               # 3 rounds x 15 episodes per side
     python benchmarks/train_throughput.py                       # 3 rounds x 100 episodes per side
     python benchmarks/train_throughput.py --compile --threads 2 # also torch.compile, 2 threads
@@ -71,6 +75,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "benchmarks" / ".easyfsl"))
+sys.path.insert(2, str(ROOT / "benchmarks"))
+
+import _results  # noqa: E402
 
 from episodes import load_splits  # noqa: E402
 from episodes.imageset import fingerprint_tensors  # noqa: E402
@@ -111,7 +118,7 @@ def _rss_mib() -> float:
 
 def _config(args, way: int, shot: int, run_dir: str) -> Config:
     """The run configuration every side shares (ours trains it with ``_train_loop``)."""
-    return Config(dataset="omniglot", data_root=args.data_root, way=way, shot=shot, query=QUERY, lr=LR,
+    return Config(dataset=args.dataset, data_root=args.data_root, way=way, shot=shot, query=QUERY, lr=LR,
                   grad_clip=0.0, val_episodes=0, eval_episodes=1, checkpoint_every=10 ** 9, track=False,
                   device="cpu", threads=args.threads, seed=SEED, run_dir=run_dir)
 
@@ -316,7 +323,9 @@ class Worker:
     def __init__(self, name: str, args, way: int, shot: int):
         self.name = name
         cmd = [sys.executable, str(Path(__file__).resolve()), "--side", name, "--way", str(way), "--shot", str(shot),
-               "--threads", str(args.threads), "--data-root", args.data_root]
+               "--threads", str(args.threads), "--dataset", args.dataset]
+        if args.data_root:
+            cmd += ["--data-root", args.data_root]
         env = dict(os.environ)
         self.cache = None
         if name == "ours+malloc_env":
@@ -430,6 +439,7 @@ def markdown(results: List[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=100, help="timed episodes per side per round (default 100)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
@@ -439,8 +449,13 @@ def main(argv=None) -> None:
                     help="also measure ours under torch.compile (compiles for a minute or more on a small CPU)")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "omniglot"),
                     help="omniglot-minimal zips (default ../shared/data/omniglot)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"),
-                    help="JSON results file")
+    ap.add_argument("--out", default=None,
+                    help="JSON results file (default benchmarks/results/train_throughput.json; --smoke: none)")
+    ap.add_argument("--dataset", default="omniglot")
+    ap.add_argument("--settings", default=",".join(f"{w}x{s}" for w, s in SETTINGS),
+                    help="way x shot settings, comma-separated (default 5x1,20x5)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="seconds: glyphs, 5-way 1-shot, 1 round x 1 episode, sides ours, floor and (if installed) easyfsl")
     # internal: the parent re-invokes this script as one side's worker
     ap.add_argument("--side", choices=SIDES + (COMPILE_SIDE,), help=argparse.SUPPRESS)
     ap.add_argument("--way", type=int, help=argparse.SUPPRESS)
@@ -448,27 +463,40 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.side:
         return worker(args)
+    if args.smoke:
+        args.dataset, args.data_root, args.settings, args.rounds, args.episodes = "glyphs", None, "5x1", 1, 1
     episodes = 15 if args.quick else args.episodes
     if episodes < 1 or args.rounds < 1 or args.threads < 1:
         ap.error("--episodes, --rounds and --threads must be >= 1")
+    sides = list(SIDES) + ([COMPILE_SIDE] if args.compile else [])
+    if args.smoke:  # one worker per side is most of the time: the three that check the comparison
+        sides = [s for s in sides if s in ("ours", "easyfsl", "floor")]
     try:
         import easyfsl  # noqa: F401
+        easyfsl_version = easyfsl.__version__
     except ImportError:
-        sys.exit("easyfsl not found: run `bash benchmarks/setup_easyfsl.sh` first")
-    sides = list(SIDES) + ([COMPILE_SIDE] if args.compile else [])
+        if not args.smoke:
+            sys.exit("easyfsl not found: run `bash benchmarks/setup_easyfsl.sh` first")
+        sides.remove("easyfsl")
+        easyfsl_version = None
+    settings = [tuple(int(v) for v in item.split("x")) for item in args.settings.split(",") if item]
+    if args.out is None and not args.smoke:
+        args.out = str(ROOT / "benchmarks" / "results" / "train_throughput.json")
+    provenance = _results.provenance(__file__, argv)
     machine = {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-               "easyfsl": easyfsl.__version__,
+               "easyfsl": easyfsl_version,
                "load_average_at_start": os.getloadavg()}
     print(f"CPU: {machine['cpu']} ({machine['cpus']} CPUs), torch {torch.__version__}, {args.threads} thread(s), "
           f"{args.rounds} rounds x {episodes} episodes per side, load average {machine['load_average_at_start']}",
           file=sys.stderr, flush=True)
-    results = [measure_setting(args, way, shot, sides, args.rounds, episodes) for way, shot in SETTINGS]
+    results = [measure_setting(args, way, shot, sides, args.rounds, episodes) for way, shot in settings]
     table = markdown(results)
-    out = {"machine": machine, "rounds": args.rounds, "episodes_per_round": episodes, "warmup_episodes": WARMUP,
+    out = {"provenance": provenance, "dataset": args.dataset, "machine": machine, "rounds": args.rounds, "episodes_per_round": episodes, "warmup_episodes": WARMUP,
            "query": QUERY, "lr": LR, "malloc_env": MALLOC_ENV, "load_average_at_end": os.getloadavg(), "settings": results, "markdown": table}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nConv-4 ProtoNet training on omniglot-minimal (28x28, {QUERY} queries/class), {machine['cpu']}, "
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nConv-4 ProtoNet training on {args.dataset} (28x28, {QUERY} queries/class), {machine['cpu']}, "
           f"{args.threads} thread(s), {args.rounds} interleaved rounds x {episodes} episodes per side; "
           f"torch {torch.__version__}; written to {args.out}\n")
     print(table)

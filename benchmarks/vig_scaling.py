@@ -28,7 +28,11 @@ value is the same N at that size, i.e. proportional to the pixel count): a slope
 in pixels, 2 quadratic. Writes ``vig_scaling.json`` and ``vig_scaling.png`` (seconds per training
 episode against N, log-log, fitted slopes) into ``--out-dir`` and prints a Markdown table.
 
+The JSON records the command, commit, date and machine (``provenance``, from
+``benchmarks/_results.py``) beside the results, so the file is the script's whole output.
+
 Usage:
+    python benchmarks/vig_scaling.py --smoke --out-dir /tmp/vs   # seconds: sizes 28, 32, 1 episode, batches of 8
     python benchmarks/vig_scaling.py --quick                # 2 training episodes, 1 eval batch per size
     python benchmarks/vig_scaling.py --episodes 10 --sizes 28,56,84,112
 """
@@ -41,6 +45,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -50,6 +55,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks"))
+
+import _results  # noqa: E402
 
 from fewshot.model import EpisodicModel, count_parameters  # noqa: E402
 from fewshot.plots import _save  # noqa: E402
@@ -222,6 +230,7 @@ def plot(rows: List[dict], slopes: Dict[str, dict], out: Path, title: str) -> Pa
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="28,56,84", help="comma-separated image sizes (default 28,56,84)")
     ap.add_argument("--episodes", type=int, default=5, help="timed training episodes per configuration (default 5)")
@@ -229,9 +238,16 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-batch", type=int, default=256, help="images per eval batch (default 256)")
     ap.add_argument("--quick", action="store_true", help="2 training episodes and 1 eval batch per configuration")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"),
-                    help="where vig_scaling.json and vig_scaling.png go")
+    ap.add_argument("--out-dir", default=None,
+                    help="where vig_scaling.json and vig_scaling.png go (default benchmarks/results; "
+                         "--smoke: a temporary folder)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: sizes 28 and 32, 1 episode, 1 eval batch of 8")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.episodes, args.eval_reps, args.eval_batch = "28,32", 1, 1, 8
+    if args.out_dir is None:
+        args.out_dir = tempfile.mkdtemp(prefix="vig_scaling-") if args.smoke else str(ROOT / "benchmarks" / "results")
+    provenance = _results.provenance(__file__, argv)
     sizes = sorted({int(s) for s in args.sizes.split(",") if s})
     episodes, eval_reps = (2, 1) if args.quick else (args.episodes, args.eval_reps)
     if min(sizes) < 16 or min(episodes, eval_reps, args.eval_batch, args.threads) < 1:
@@ -249,7 +265,7 @@ def main(argv=None) -> None:
     title = (f"{WAY}-way {SHOT}-shot {QUERY}q, {machine['cpu']}, {args.threads} thread(s), "
              f"median of {episodes} episodes")
     png = plot(rows, slopes, out_dir / "vig_scaling.png", title)
-    result = {"machine": machine, "episode": {"way": WAY, "shot": SHOT, "query": QUERY, "in_chans": IN_CHANS},
+    result = {"provenance": provenance, "machine": machine, "episode": {"way": WAY, "shot": SHOT, "query": QUERY, "in_chans": IN_CHANS},
               "episodes": episodes, "eval_reps": eval_reps, "eval_batch": args.eval_batch,
               "load_average_at_end": os.getloadavg(), "rows": rows, "slopes": slopes, "markdown": table}
     (out_dir / "vig_scaling.json").write_text(json.dumps(result, indent=2) + "\n")
