@@ -1,4 +1,4 @@
-"""``fewshot`` command line: train, eval, compare, plot, data, matchers, prompts, ui.
+"""``fewshot`` command line: train, eval, transfer, compare, plot, data, matchers, prompts, ui.
 
 Commands are thin: they build a frozen :class:`~fewshot.config.Config` (defaults < ``--config``
 YAML < options given on the command line) and call the engine. Bad input ends in one line on
@@ -276,10 +276,11 @@ def eval_cmd(config_file, as_json, checkpoint, bank_file, progress, run_dir, **o
 @click.option("--tracking-uri", help="MLflow store for run ids (default: sqlite store in ./mlruns).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table and tests as one JSON object.")
 def compare_cmd(runs, tracking_uri, as_json):
-    """Accuracy table and paired tests (t-test, Wilcoxon) for runs scored on the same EpisodeBank.
+    """Accuracy table and paired tests (t-test, Wilcoxon) for runs scored on the same EpisodeBank;
+    for `fewshot transfer` runs on one test set, McNemar's test on their per-image results.
 
     \b
-    RUNS are run folders (runs/<name>, runs/<name>/eval-best-<bank>) or MLflow run ids.
+    RUNS are run folders (runs/<name>, runs/<name>/eval-best-<bank>, runs/transfer-...) or MLflow run ids.
     Example:
         fewshot compare runs/glyphs-conv4-a runs/glyphs-vig-b
     """
@@ -491,6 +492,11 @@ def ui(tracking_uri, host, port):
     click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C stops it)", err=False)
     sys.stdout.flush()
     raise SystemExit(subprocess.call(cmd))
+
+
+from .transfer_cli import transfer_cmd as _transfer_cmd  # noqa: E402  (click only: torch loads when it runs)
+
+cli.add_command(_transfer_cmd)
 
 
 def main(argv=None):
