@@ -22,7 +22,7 @@ import torch
 from .base import Matcher, register_matcher
 from .patch_metrics import pair_cosine, shot_mean, validate_node_episode
 
-__all__ = ["HungarianMatcher", "solve_assignments", "sinkhorn_plan"]
+__all__ = ["HungarianMatcher", "solve_assignments", "sinkhorn_plan", "cross_reference_weights"]
 
 _SINKHORN_CHUNK = 1 << 21  # cost entries per chunk of query images (8 MB in float32: stays in cache)
 
@@ -48,6 +48,15 @@ class HungarianMatcher(Matcher):
       this is ``sum(N * T * sim) / N``, the soft counterpart of the Hungarian mean, and it tends
       to it as ``epsilon -> 0``.
 
+    ``weights="cross_reference"`` gives the nodes DeepEMD's cross-reference weights instead of
+    equal ones: query node ``m`` of the pair ``(q, s)`` weighs ``a[m] = ReLU(query[q, m] .
+    mean_n support[s, n]) + 1e-3``, support node ``n`` weighs ``b[n] = ReLU(support[s, n] .
+    mean_m query[q, m]) + 1e-3``, each normalised to sum 1, so nodes that agree with the other
+    image's content carry more mass (background patches little). Sinkhorn then transports mass
+    ``a`` to ``b`` (the plan's marginals); the Hungarian solver weighs each pair by
+    ``w[m, n] = (M a[m] + N b[n]) / 2`` (1 for equal weights), picks the assignment maximising
+    ``sum w * sim`` and scores ``sum w * sim / sum w`` over the assigned pairs.
+
     Class score = mean pair score over the class's shots; logits = class score / ``temperature``.
 
     Which to use: train with ``"sinkhorn"`` (batched, every similarity gets gradient, no CPU
@@ -62,6 +71,7 @@ class HungarianMatcher(Matcher):
         epsilon: entropic regularisation of the Sinkhorn solver (cost units; costs lie in [0, 2]).
         iters: Sinkhorn iterations.
         workers: threads solving the assignments (default: the CPUs available to this process).
+        weights: ``"uniform"`` node weights or DeepEMD's ``"cross_reference"`` weights (above).
 
     Example:
         >>> m = HungarianMatcher()
@@ -74,7 +84,8 @@ class HungarianMatcher(Matcher):
     accepts = (3,)
 
     def __init__(self, temperature: float = 0.1, solver: Literal["hungarian", "sinkhorn"] = "hungarian",
-                 epsilon: float = 0.05, iters: int = 50, workers: Optional[int] = None):
+                 epsilon: float = 0.05, iters: int = 50, workers: Optional[int] = None,
+                 weights: Literal["uniform", "cross_reference"] = "uniform"):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -86,7 +97,9 @@ class HungarianMatcher(Matcher):
             raise ValueError(f"iters must be a positive integer, got {iters!r}")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
-        self.temperature, self.solver = float(temperature), solver
+        if weights not in ("uniform", "cross_reference"):
+            raise ValueError(f"weights must be 'uniform' or 'cross_reference', got {weights!r}")
+        self.temperature, self.solver, self.weights = float(temperature), solver, weights
         self.epsilon, self.iters, self.workers = float(epsilon), iters, workers
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -97,15 +110,38 @@ class HungarianMatcher(Matcher):
             pair = torch.cat([self._sinkhorn_scores(part, support) for part in torch.split(query, per_chunk)])
         else:
             sim = pair_cosine(query, support)  # [Q, S, M, N]
+            weight = None
+            if self.weights == "cross_reference":
+                a, b = cross_reference_weights(query, support)
+                weight = (a.unsqueeze(-1) * a.shape[-1] + b.unsqueeze(-2) * b.shape[-1]) / 2  # [Q, S, M, N]
+                sim = weight * sim
             rows, cols = solve_assignments(sim.detach(), self.workers, similarity=True)  # [Q, S, min(M, N)]
             q, s = torch.meshgrid(*(torch.arange(n, device=sim.device) for n in sim.shape[:2]), indexing="ij")
-            pair = sim[q.unsqueeze(-1), s.unsqueeze(-1), rows, cols].mean(-1)  # mean similarity of assigned pairs
+            index = (q.unsqueeze(-1), s.unsqueeze(-1), rows, cols)
+            # mean similarity of the assigned pairs, or sum(w * sim) / sum(w) over them
+            pair = sim[index].mean(-1) if weight is None else sim[index].sum(-1) / weight[index].sum(-1)
         return shot_mean(pair, support_labels, way) / self.temperature  # [Q, S] -> [Q, way]
 
     def _sinkhorn_scores(self, query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
         """query ``[q, M, D]``, support ``[S, N, D]`` -> ``sum(T * sim)``: ``[q, S]``."""
         sim = pair_cosine(query, support).contiguous()  # [q, S, M, N]
-        return (sinkhorn_plan(1 - sim, self.epsilon, self.iters) * sim).sum((-2, -1))
+        marginals = cross_reference_weights(query, support) if self.weights == "cross_reference" else (None, None)
+        return (sinkhorn_plan(1 - sim, self.epsilon, self.iters, *marginals) * sim).sum((-2, -1))
+
+
+def cross_reference_weights(query: torch.Tensor, support: torch.Tensor, floor: float = 1e-3) -> Tuple[torch.Tensor, torch.Tensor]:
+    """DeepEMD's node weights (Zhang et al., CVPR 2020): a node weighs as much as it agrees with the
+    other image's mean node.
+
+    Args:
+        query: ``[Q, M, D]``; support: ``[S, N, D]``.
+    Returns:
+        ``a: [Q, S, M]`` (``ReLU(query[q, m] . mean(support[s])) + floor``) and ``b: [Q, S, N]``
+        (``ReLU(support[s, n] . mean(query[q])) + floor``), each summing to 1 over its nodes.
+    """
+    a = torch.einsum("qmd,sd->qsm", query, support.mean(1)).relu() + floor
+    b = torch.einsum("snd,qd->qsn", support, query.mean(1)).relu() + floor
+    return a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
 
 
 def solve_assignments(cost: torch.Tensor, workers: Optional[int] = None, *,
@@ -153,10 +189,13 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def sinkhorn_plan(cost: torch.Tensor, epsilon: float = 0.05, iters: int = 50) -> torch.Tensor:
-    """Entropic optimal-transport plans with uniform marginals by log-domain Sinkhorn, batched.
+def sinkhorn_plan(cost: torch.Tensor, epsilon: float = 0.05, iters: int = 50, row_mass: Optional[torch.Tensor] = None,
+                  col_mass: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Entropic optimal-transport plans by log-domain Sinkhorn, batched.
 
-    Solves ``min_T <T, cost> - epsilon * H(T)`` subject to ``T 1 = 1/M`` and ``T^T 1 = 1/N`` with
+    Solves ``min_T <T, cost> - epsilon * H(T)`` subject to ``T 1 = a`` and ``T^T 1 = b`` (uniform
+    ``a = 1/M``, ``b = 1/N`` unless ``row_mass [..., M]`` / ``col_mass [..., N]`` are given, each
+    summing to 1) with
     the scalings kept as log-potentials ``log_u: [..., M]``, ``log_v: [..., N]``. Each update's
     log-sum-exp over ``log_kernel = -cost / epsilon`` is evaluated as a batched vector-matrix
     product with a row-max-shifted kernel (fast, and backward keeps the kernel once instead of
@@ -167,11 +206,13 @@ def sinkhorn_plan(cost: torch.Tensor, epsilon: float = 0.05, iters: int = 50) ->
 
     Args:
         cost: ``[..., M, N]``.
+        row_mass, col_mass: positive marginals ``a``, ``b`` (default uniform).
     Returns:
         ``T: [..., M, N]`` with total mass 1 (column marginals exact, row marginals after ``iters``
         iterations approximately), differentiable with respect to ``cost``.
     """
-    log_a, log_b = -math.log(cost.shape[-2]), -math.log(cost.shape[-1])
+    log_a = -math.log(cost.shape[-2]) if row_mass is None else row_mass.log()
+    log_b = -math.log(cost.shape[-1]) if col_mass is None else col_mass.log()
     log_v = cost.new_zeros(cost.shape[:-2] + cost.shape[-1:])
     row_min = cost.detach().amin(-1, keepdim=True)  # [..., M, 1]
     spread = float((cost.detach().amax((-2, -1)) - row_min.amin((-2, -1))).max()) / epsilon

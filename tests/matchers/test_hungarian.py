@@ -164,3 +164,73 @@ class TestOptions:
     def test_pooled_features_are_refused_saying_node_level_features_are_needed(self, solver):
         with pytest.raises(ValueError, match="needs node-level features"):
             HungarianMatcher(solver=solver)(torch.zeros(5, 8), torch.arange(5), torch.zeros(3, 8))
+
+
+class TestCrossReferenceWeights:
+    """DeepEMD's node weights, against loops and brute force (permutations, a linear program)."""
+
+    @staticmethod
+    def episode(m=4, dim=6, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        support = torch.randn(3, m, dim, generator=g, dtype=torch.float64)
+        return support, torch.tensor([0, 1, 2]), torch.randn(2, m, dim, generator=g, dtype=torch.float64)
+
+    @staticmethod
+    def weights_loop(x, other):
+        """a[m] = relu(x[m] . mean(other)) + 1e-3, normalised."""
+        mean = sum(other[n] for n in range(other.shape[0])) / other.shape[0]
+        w = [max(float(x[m] @ mean), 0.0) + 1e-3 for m in range(x.shape[0])]
+        return [v / sum(w) for v in w]
+
+    def test_weights_match_the_loop_definition(self):
+        from matchers.hungarian import cross_reference_weights
+        support, _, query = self.episode()
+        a, b = cross_reference_weights(query, support)
+        for q in range(2):
+            for s in range(3):
+                assert torch.allclose(a[q, s], torch.tensor(self.weights_loop(query[q], support[s]), dtype=a.dtype))
+                assert torch.allclose(b[q, s], torch.tensor(self.weights_loop(support[s], query[q]), dtype=b.dtype))
+
+    def test_weighted_hungarian_is_the_best_permutation_of_weighted_similarity(self):
+        import itertools
+        support, labels, query = self.episode(m=4)
+        got = HungarianMatcher(weights="cross_reference", temperature=1.0)(support, labels, query)
+        for q in range(2):
+            for s in range(3):
+                a, b = self.weights_loop(query[q], support[s]), self.weights_loop(support[s], query[q])
+                cos = torch.nn.functional.cosine_similarity(query[q][:, None], support[s][None], dim=-1)
+                best = None
+                for perm in itertools.permutations(range(4)):
+                    w = [(4 * a[m] + 4 * b[perm[m]]) / 2 for m in range(4)]
+                    total = sum(w[m] * float(cos[m, perm[m]]) for m in range(4))
+                    if best is None or total > best[0]:
+                        best = (total, total / sum(w))
+                assert got[q, s].item() == pytest.approx(best[1], abs=1e-9)
+
+    def test_uniform_weights_leave_the_scores_unchanged(self):
+        support, labels, query = self.episode()
+        assert torch.equal(HungarianMatcher(weights="uniform")(support, labels, query),
+                           HungarianMatcher()(support, labels, query))
+
+    def test_weighted_sinkhorn_transports_the_weights_and_nears_the_exact_emd(self):
+        from scipy.optimize import linprog
+        from matchers.hungarian import cross_reference_weights, sinkhorn_plan
+        support, labels, query = self.episode(m=4)
+        a, b = cross_reference_weights(query, support)
+        cos = torch.nn.functional.cosine_similarity(query[:, None, :, None], support[None, :, None], dim=-1)
+        plan = sinkhorn_plan(1 - cos, epsilon=0.005, iters=2000, row_mass=a, col_mass=b)
+        assert torch.allclose(plan.sum(-1), a, atol=1e-6) and torch.allclose(plan.sum(-2), b, atol=1e-9)
+        got = HungarianMatcher(solver="sinkhorn", weights="cross_reference", epsilon=0.005, iters=2000,
+                               temperature=1.0)(support, labels, query)
+        for q in range(2):
+            for s in range(3):
+                c = (1 - cos[q, s]).flatten().numpy()
+                eq = [[1.0 if k // 4 == i else 0.0 for k in range(16)] for i in range(4)] + \
+                     [[1.0 if k % 4 == j else 0.0 for k in range(16)] for j in range(4)]
+                lp = linprog(c, A_eq=eq, b_eq=[*a[q, s].tolist(), *b[q, s].tolist()], bounds=(0, None))
+                emd_score = 1 - lp.fun  # sum(T * sim) of the exact plan
+                assert got[q, s].item() == pytest.approx(emd_score, abs=0.02)
+
+    def test_unknown_weights_are_refused(self):
+        with pytest.raises(ValueError, match="cross_reference"):
+            HungarianMatcher(weights="deepemd")
