@@ -6,10 +6,11 @@ Loaders decode images once into an :class:`ImageSet` (uint8 ``[N, C, H, W]``); t
 
 Glossary: N images, C x H x W image, way / shot / query counts per episode.
 """
-from .datasets import DatasetInfo, Splits, dataset_info, list_datasets, load_splits, register_dataset
+from .catalog import DatasetInfo, Splits, dataset_info, list_datasets, register_dataset
+from .datasets import load_splits
 from .errors import DataError
-from .imageset import ImageSet
+from .imageset import ImageSet, to_input
 from .sampler import Episode, EpisodeBank, EpisodeSampler, episode_seed
 
 __all__ = ["DataError", "DatasetInfo", "Episode", "EpisodeBank", "EpisodeSampler", "ImageSet", "Splits",
-           "dataset_info", "episode_seed", "list_datasets", "load_splits", "register_dataset"]
+           "dataset_info", "episode_seed", "list_datasets", "load_splits", "register_dataset", "to_input"]

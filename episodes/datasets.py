@@ -1,8 +1,8 @@
-"""Dataset registry: a name maps to a loader that returns train/val/test :class:`ImageSet` s.
+"""Loading a registered dataset: :func:`load_splits`, with an optional decoded cache.
 
-Loaders are plain functions ``loader(root, img_size) -> Splits`` registered with
-:func:`register_dataset`; :func:`load_splits` looks them up, checks the root and, when asked,
-keeps a decoded cache next to the data (keyed by a hash of the source files' names, sizes and
+Importing this module imports every loader module, which registers its loader in
+:mod:`episodes.catalog`; :func:`load_splits` looks it up, checks the root and, when asked, keeps a
+decoded cache next to the data (keyed by a hash of the source files' names, sizes and
 modification times, so a changed file invalidates it).
 """
 from __future__ import annotations
@@ -10,81 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from registry import Registry
-
+from . import digits, folder, glyphs, miniimagenet, omniglot  # noqa: F401  (register the loaders)
+from .catalog import Splits, dataset_info
 from .errors import DataError
 from .imageset import ImageSet
 
-__all__ = ["Splits", "DatasetInfo", "register_dataset", "load_splits", "list_datasets", "dataset_info"]
+__all__ = ["load_splits"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Class-disjoint train / val / test image sets of one dataset."""
-
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
-
-    def __getitem__(self, split: str) -> ImageSet:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be one of train, val, test; got {split!r}")
-        return getattr(self, split)
-
-    def describe(self) -> str:
-        lines = []
-        for s in ("train", "val", "test"):
-            d = self[s]
-            sizes = d.class_sizes()
-            lines.append(f"{s:5s}: {d.num_classes:4d} classes, {len(d):6d} images "
-                         f"({int(sizes.min())}-{int(sizes.max())} per class), image {d.image_shape}")
-        return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Registry entry: the loader and what it needs."""
-
-    name: str
-    loader: Callable[..., Splits]
-    needs_root: bool
-    default_img_size: int
-    in_chans: int
-    description: str
-
-
-def _ensure_loaded():
-    # importing the loader modules registers them
-    from . import glyphs, omniglot, miniimagenet, folder, digits  # noqa: F401
-
-
-_REGISTRY: Registry = Registry("dataset", load=_ensure_loaded)
-
-
-def register_dataset(name: str, *, needs_root: bool, default_img_size: int, in_chans: int, description: str):
-    """Decorator: register ``loader(root, img_size) -> Splits`` under ``name`` (a duplicate name is an error)."""
-
-    def deco(fn):
-        _REGISTRY.add(name, DatasetInfo(name, fn, needs_root, default_img_size, in_chans, description))
-        return fn
-
-    return deco
-
-
-def list_datasets() -> list:
-    """Registered dataset names (``--dataset``), sorted."""
-    return _REGISTRY.names()
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The registry entry of dataset ``name``; unknown names list the valid ones and the closest."""
-    return _REGISTRY.get(name)
 
 
 def _source_key(root: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .datasets import Splits, register_dataset
+from .catalog import Splits, register_dataset
 from .imageset import ImageSet
 
 __all__ = ["TRAIN_DIGITS", "EVAL_DIGITS", "digits_tensor", "load_digits"]

@@ -21,7 +21,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from .datasets import Splits, register_dataset
+from .catalog import Splits, register_dataset
 from .decode import IMAGE_SUFFIXES, decode_images, list_image_files
 from .errors import DataError
 from .imageset import ImageSet

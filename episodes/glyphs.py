@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .datasets import Splits, register_dataset
+from .catalog import Splits, register_dataset
 from .imageset import ImageSet
 
 __all__ = ["GLYPHS_SPLIT", "NUM_CLASSES", "PER_CLASS", "SUPERSAMPLE", "generate_glyphs", "glyph_class_name",

@@ -1,7 +1,9 @@
 """ImageSet: a decoded image collection held as one uint8 tensor.
 
 Every loader in :mod:`episodes` returns an :class:`ImageSet`; the sampler and the engine only
-index into it, so sampling an episode never touches PIL or the disk.
+index into it, so sampling an episode never touches PIL or the disk. Images stay uint8 until they
+meet a model: :func:`to_input` is the one conversion to the models' input (``ImageSet.as_float``
+gives the same pixels in 0..1, for display).
 
 Glossary: N images, C channels, H x W pixels.
 """
@@ -17,7 +19,24 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["ImageSet", "fingerprint_tensors"]
+__all__ = ["ImageSet", "fingerprint_tensors", "to_input"]
+
+
+def _unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` in 0..255 -> float32 ``[B, C, H, W]`` in 0..1."""
+    return images.float().div_(255.0)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """The models' input: uint8 ``[B, C, H, W]`` -> float32 ``[B, C, H, W]`` in -1..1.
+
+    Pixels in 0..1 normalised with mean 0.5 and std 0.5 (``2 * x - 1``), the normalisation every
+    backbone in ``models`` declares (Conv-4, and the ViG / pyramid ViG configs of the authors'
+    pretrained weights). Float input is taken as already converted and passes through.
+    """
+    if images.dtype == torch.uint8:
+        return _unit(images).mul_(2.0).sub_(1.0)
+    return images
 
 
 def fingerprint_tensors(*tensors: torch.Tensor, extra: str = "") -> str:
@@ -114,9 +133,9 @@ class ImageSet:
                         name=name or self.name)
 
     def as_float(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """``[n, C, H, W]`` float32 in ``[0, 1]`` for the given indices (all images if None)."""
-        x = self.images if idx is None else self.images[idx]
-        return x.float().div_(255.0)
+        """``[n, C, H, W]`` float32 in ``[0, 1]`` for the given indices (all images if None), for
+        display; a model takes :func:`to_input` of the uint8 images (the same pixels in -1..1)."""
+        return _unit(self.images if idx is None else self.images[idx])
 
     # ----- on-disk cache -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

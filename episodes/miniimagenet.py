@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .datasets import Splits, register_dataset
+from .catalog import Splits, register_dataset
 from .decode import decode_images
 from .errors import DataError
 from .imageset import ImageSet

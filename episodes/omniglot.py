@@ -34,7 +34,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from .datasets import Splits, register_dataset
+from .catalog import Splits, register_dataset
 from .decode import decode_images, read_zip_members
 from .errors import DataError
 from .imageset import ImageSet

@@ -11,15 +11,9 @@ from torch import nn
 
 import matchers
 import models
+from episodes import to_input
 
-__all__ = ["EpisodicModel", "build_model", "count_parameters", "to_input"]
-
-
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B, C, H, W]`` in 0..255 -> float ``[B, C, H, W]`` in -1..1 (float input passes through)."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(127.5).sub_(1.0)
-    return images
+__all__ = ["EpisodicModel", "build_model", "count_parameters", "to_input"]  # to_input: episodes' own, re-exported
 
 
 class EpisodicModel(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from episodes import datasets, glyphs
+from episodes import dataset_info, glyphs
 from episodes.glyphs import GLYPHS_SPLIT, generate_glyphs, load_glyphs
 
 
@@ -157,7 +157,7 @@ class TestSplits:
         assert splits.test.labels.tolist() == [c for c in range(100) for _ in range(20)]
 
     def test_glyphs_is_registered_as_a_generated_one_channel_dataset(self):
-        info = datasets._REGISTRY["glyphs"]
+        info = dataset_info("glyphs")
         assert info.loader is load_glyphs
         assert (info.needs_root, info.default_img_size, info.in_chans) == (False, 28, 1)
         assert info.description
