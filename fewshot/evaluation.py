@@ -61,7 +61,8 @@ def summarise(accuracies: torch.Tensor) -> tuple:
 
 
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, nothing on CPU."""
+    """bf16 autocast on CUDA, nothing on CPU: the one mixed-precision policy, used by evaluation, the
+    training steps and (passed in as a factory) the meta step of :mod:`prompts.meta`."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()

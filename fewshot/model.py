@@ -36,6 +36,12 @@ class EpisodicModel(nn.Module):
         so evaluation may embed every image once and score episodes by indexing."""
         return True
 
+    meta_learned = False
+    """Only a meta-learned ``PromptedModel`` trains by ``meta_step`` instead of the episode's query loss."""
+
+    def fit(self, train_images: torch.Tensor, seed: int = 0) -> None:
+        """The hook run on the training images ``[N, C, H, W]`` before the first episode: nothing to fit here."""
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images ``[B, C, H, W]`` (uint8 or float) -> ``[B, D]`` or ``[B, N, D]`` as the matcher wants."""
         nodes = self.backbone.forward_features(to_input(images))

@@ -34,7 +34,7 @@ from .compare import write_scores
 from .config import Config, ConfigError
 from .distributed import is_main, setup
 from .evaluation import autocast_for, evaluate
-from .model import build_model, count_parameters, default_backbone, to_input
+from .model import build_model, count_parameters, default_backbone
 from .pretraining import pretrain
 from .tracking import make_tracker
 
@@ -171,25 +171,10 @@ def _episodic_step(run: Run, step: int):
 
 def _meta_step(run: Run, step: int):
     """One outer step of the meta-learned prompt (``--meta-init``): episodes ``step * B .. step * B + B - 1``
-    (B = ``--meta-batch``), each adapted by ``--inner-steps`` clone/adapt steps (:func:`prompts.meta.meta_step`)."""
-    from prompts.meta import meta_step
-
+    (B = ``--meta-batch``) through the model's own meta step (``PromptedModel.meta_step``)."""
     b = run.config.meta_batch
-    tasks = [tuple(map(to_input, _episode_batch(run, step * b + j))) for j in range(b)]  # labels pass through
-    return meta_step(run.model.learner, run.model.backbone, tasks, run.config.inner_steps, run.device,
-                     amp=run.device.type == "cuda")
-
-
-def _fit_clusters(run: Run) -> None:
-    """DAM-VP: fit the prompt's k-means centroids on (up to 4096) training images, seeded."""
-    prompt = getattr(run.model, "prompt", None)
-    if not hasattr(prompt, "fit_clusters") or bool(prompt.fitted):
-        return
-    images = run.splits.train.images
-    g = torch.Generator().manual_seed(run.config.seed)
-    idx = torch.randperm(len(images), generator=g)[:4096]
-    counts = prompt.fit_clusters(run.model.backbone, to_input(images[idx].to(run.device)), seed=run.config.seed)
-    log.info("DAM-VP: %d clusters fitted on %d training images, sizes %s", prompt.clusters, len(idx), counts.tolist())
+    episodes = [_episode_batch(run, step * b + j) for j in range(b)]
+    return run.model.meta_step(episodes, autocast=lambda: autocast_for(run.device))
 
 
 def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
@@ -228,7 +213,7 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
     status = "FAILED"
     try:
-        _fit_clusters(run)
+        model.fit(run.splits.train.images, seed=run.config.seed)  # e.g. DAM-VP's centroids; kept when resumed
         if step == 0:  # a run resumed mid-way through episodic training has finished pretraining
             pretrain(run, tracker, resume, progress)
         if trainable:
@@ -248,7 +233,7 @@ def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: 
     last, best_path = run.run_dir / "last.pt", run.run_dir / "best.pt"
     pending = {"train_loss": [], "train_acc": [], "lr": []}
     first = step
-    step_fn = _meta_step if getattr(model, "learner", None) is not None else _episodic_step
+    step_fn = _meta_step if model.meta_learned else _episodic_step
     model.train()
     bar = tqdm(total=config.episodes, initial=step, desc="train", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()

@@ -10,17 +10,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from prototypes import class_means, squared_distances
+
 from .base import Matcher, register_matcher, validate_episode
 
-__all__ = ["PrototypeMatcher", "class_means"]
-
-
-def class_means(features: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
-    """Per-class mean of ``features: [S, ...]`` by ``labels: [S]`` -> ``[way, ...]`` (one scatter, no loop)."""
-    flat = features.reshape(features.shape[0], -1)
-    sums = flat.new_zeros(way, flat.shape[1]).index_add_(0, labels, flat)
-    counts = torch.bincount(labels, minlength=way).to(flat.dtype).unsqueeze(1)
-    return (sums / counts).reshape(way, *features.shape[1:])
+__all__ = ["PrototypeMatcher"]
 
 
 @register_matcher("prototype")
@@ -57,6 +51,6 @@ class PrototypeMatcher(Matcher):
         prototypes = class_means(support, support_labels.long(), way)  # [way, D]
         if self.metric == "cosine":
             logits = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
-        else:  # ||q||^2 - 2 q.p + ||p||^2, without the [Q, way, D] intermediate
-            logits = -(query.pow(2).sum(-1, keepdim=True) - 2 * query @ prototypes.T + prototypes.pow(2).sum(-1))
+        else:
+            logits = -squared_distances(query, prototypes)
         return logits / self.temperature

@@ -7,7 +7,8 @@ Families: ``add`` (support-generated prompt nodes), ``modify`` / ``gpf`` / ``gpf
 prompts), ``delete`` (node deletion), ``graph`` (all three), ``vpt`` / ``vpt-shallow`` (free
 virtual nodes), ``vgp`` (Ai, Liu and Zhou, ICML 2025) and ``damvp`` (one prompt per feature
 cluster, :mod:`prompts.damvp`). Meta-learned initialisation (MAML, first-order MAML, Meta-SGD):
-:mod:`prompts.meta`.
+:mod:`prompts.meta`. Scoring an episode, the support-only loss and the one tuning loop every
+adaptation path shares: :mod:`prompts.tuning`.
 """
 from __future__ import annotations
 

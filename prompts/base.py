@@ -44,7 +44,7 @@ from registry import Option, Registry, class_options
 
 __all__ = [
     "Prompt", "NoPrompt", "register_prompt", "get", "create", "list_prompts", "parse_blocks",
-    "accepted_options", "options", "class_prototypes",
+    "accepted_options", "options",
 ]
 
 BlocksSpec = Union[str, int, Sequence[int], None]
@@ -75,17 +75,6 @@ def parse_blocks(spec: BlocksSpec, depth: int) -> Tuple[int, ...]:
     return tuple(sorted(set(items)))
 
 
-def class_prototypes(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-class means: features ``[S, D]`` (or ``[S, N, D]``, pooled over nodes first), labels
-    ``[S]`` in ``0..way-1`` -> ``[way, D]``."""
-    if features.dim() == 3:
-        features = features.mean(dim=1)
-    way = int(labels.max()) + 1
-    sums = features.new_zeros(way, features.shape[-1]).index_add_(0, labels, features)
-    counts = torch.bincount(labels, minlength=way).clamp_min(1).to(features.dtype)
-    return sums / counts[:, None]
-
-
 class Prompt(nn.Module):
     """Base class of every prompt; on its own (``none``) it leaves the backbone unchanged.
 
@@ -102,6 +91,8 @@ class Prompt(nn.Module):
 
     name: ClassVar[str] = "none"
     conditioned: ClassVar[bool] = False
+    fit_images: ClassVar[int] = 0
+    """How many training images :meth:`fit` wants before training (0: the prompt fits nothing)."""
 
     def __init__(self, backbone: nn.Module, blocks: BlocksSpec = "all"):
         super().__init__()
@@ -132,6 +123,20 @@ class Prompt(nn.Module):
     def clear_episode(self) -> None:
         """Forget the episode state set by :meth:`set_episode`."""
 
+    def condition(self, backbone: nn.Module, support_images: torch.Tensor, support_labels: torch.Tensor) -> None:
+        """Show a conditioned prompt its episode: :meth:`set_episode` with the unprompted backbone's
+        nodes ``[S, N0, D]`` of float ``support_images [S, C, H, W]`` (no gradient through the
+        backbone); a no-op for a fixed prompt."""
+        if self.conditioned:
+            with torch.no_grad():
+                nodes = backbone.forward_features(support_images)
+            self.set_episode(nodes, support_labels)
+
+    # ----- data-dependent state fitted before training ----------------------------------------
+    def fit(self, backbone: nn.Module, images: torch.Tensor, seed: int = 0) -> None:
+        """Fit what the prompt learns from data rather than by gradient (DAM-VP's centroids) on float
+        training images ``[n, C, H, W]`` (``n`` up to :attr:`fit_images`); nothing by default."""
+
     # ----- hooks --------------------------------------------------------------------------
     def block_hook(self, i: int, x: torch.Tensor, node_mask: torch.Tensor
                    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -157,7 +162,7 @@ class Prompt(nn.Module):
 
         Args:
             backbone: the ViG this prompt was built for.
-            images: float ``[B, C, H, W]`` (already scaled, see ``fewshot.model.to_input``).
+            images: float ``[B, C, H, W]`` (already scaled, see ``episodes.to_input``).
             node_mask: optional ``[B, N0]`` bool mask of patch nodes to delete from the start.
 
         Returns:
@@ -175,6 +180,14 @@ class Prompt(nn.Module):
             if bool(mask.all()):
                 mask = None
         return nodes, mask
+
+    def embed(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Pooled prompted embeddings ``[B, D]`` of float ``images [B, C, H, W]`` (half-precision
+        outputs of an autocast forward are returned as float32; a conditioned prompt must have seen
+        its episode through :meth:`condition`)."""
+        nodes, mask = self.forward_nodes(backbone, images)
+        pooled = backbone.forward_head(nodes, pre_logits=True, node_mask=mask)
+        return pooled.float() if pooled.dtype in (torch.float16, torch.bfloat16) else pooled
 
     def regulariser(self) -> torch.Tensor:
         """Extra loss term of the last forward pass (e.g. a keep-ratio penalty); 0 by default."""

@@ -6,14 +6,16 @@ a copy of one base prompt (the meta prompt when meta-learned), and every image i
 prompt of its nearest centroid, at training and at test time.
 
 ``--prompt damvp --clusters C --cluster-prompt vpt`` builds :class:`ClusterPrompts` around a fixed
-base prompt; the training engine fits the centroids on the training split before the first episode
-(:meth:`ClusterPrompts.fit_clusters`) and they are saved in the checkpoint with the prompts.
+base prompt; before the first training episode the model fits the centroids on (up to
+``fit_images``) training images (:meth:`ClusterPrompts.fit`, called by ``PromptedModel.fit``) and
+they are saved in the checkpoint with the prompts.
 In a notebook: ``ClusterPrompts.around(prompt, centroids)``.
 """
 from __future__ import annotations
 
 import copy
-from typing import Optional, Tuple
+import logging
+from typing import ClassVar, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +24,8 @@ from torch import nn
 from .base import Prompt, accepted_options, create, get, register_prompt
 
 __all__ = ["FAISS_ABOVE", "fit_centroids", "route", "ClusterPrompts", "pooled_features"]
+
+log = logging.getLogger(__name__)
 
 FAISS_ABOVE = 20_000
 
@@ -70,6 +74,8 @@ class ClusterPrompts(Prompt):
     Buffers: ``centroids [C, D]`` and ``fitted`` (False until :meth:`fit_clusters` or :meth:`around`).
     """
 
+    fit_images: ClassVar[int] = 4096
+
     def __init__(self, backbone, blocks="all", num_nodes: int = 4, clusters: int = 4, base: str = "vpt"):
         super().__init__(backbone, blocks)
         if clusters < 1:
@@ -109,6 +115,15 @@ class ClusterPrompts(Prompt):
         self.centroids.copy_(fit_centroids(feats, self.clusters, seed).to(self.centroids.device))
         self.fitted.fill_(True)
         return torch.bincount(route(feats, self.centroids), minlength=self.clusters).cpu()
+
+    def fit(self, backbone: nn.Module, images: torch.Tensor, seed: int = 0) -> None:
+        """Before training: :meth:`fit_clusters` on float training images ``[n, C, H, W]``, unless the
+        centroids are fitted already (restored from a checkpoint, or given to :meth:`around`)."""
+        if bool(self.fitted):
+            return
+        sizes = self.fit_clusters(backbone, images, seed=seed)
+        log.info("DAM-VP: %d clusters fitted on %d training images, sizes %s", self.clusters, len(images),
+                 sizes.tolist())
 
     def assign(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Cluster index ``[B]`` of images ``[B, C, H, W]`` from the unprompted frozen features."""

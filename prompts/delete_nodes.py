@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Prompt, class_prototypes, register_prompt
+from prototypes import class_means
+
+from .base import Prompt, register_prompt
 
 __all__ = ["DeleteNodes", "block_masks", "topk_mask"]
 
@@ -80,7 +82,7 @@ class DeleteNodes(Prompt):
 
     def set_episode(self, support_nodes, support_labels):
         if self.conditioned:
-            self._prototypes = F.normalize(class_prototypes(support_nodes, support_labels), dim=-1)
+            self._prototypes = F.normalize(class_means(support_nodes.mean(dim=1), support_labels), dim=-1)
 
     def clear_episode(self):
         self._prototypes = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import class_prototypes
+from prototypes import class_means
 
 __all__ = ["SupportGenerator"]
 
@@ -43,7 +43,8 @@ class SupportGenerator(nn.Module):
 
     def forward(self, support_nodes: torch.Tensor, support_labels: torch.Tensor) -> torch.Tensor:
         """support_nodes ``[S, N0, D]`` or ``[S, D]``, support_labels ``[S]`` -> ``[count, out_dim]``."""
-        protos = class_prototypes(support_nodes, support_labels)  # [way, D]
+        pooled = support_nodes.mean(dim=1) if support_nodes.dim() == 3 else support_nodes  # [S, D]
+        protos = class_means(pooled, support_labels)  # [way, D]
         attn = torch.softmax(self.queries @ self.key(protos).T / self.hidden ** 0.5, dim=-1)  # [count, way]
         h = attn @ self.value(protos) + self.context(protos.mean(dim=0))  # [count, hidden]
         return self.out(h)

@@ -7,6 +7,7 @@ import torch
 import models
 import prompts
 from prompts import meta
+from prompts.tuning import support_loss
 
 WAY, SHOT, QUERY = 3, 2, 2
 
@@ -56,7 +57,7 @@ def test_inner_loop_changes_clone_but_not_meta_prompt(method):
     s, sl, q, ql = _task(1)
     learner = learner_meta.clone()
     for _ in range(2):
-        learner.adapt(meta.support_loss(learner.module, bb, s, sl))
+        learner.adapt(support_loss(learner.module, bb, s, sl))
     assert not torch.allclose(learner.module.vectors, before)
     assert torch.equal(prompt.vectors, before)
     loss, _ = meta.episode_loss(learner.module, bb, s, sl, q, ql)
@@ -105,7 +106,7 @@ def test_maml_meta_gradient_matches_finite_differences():
         p = prompts.create("gpf", bb).double()
         with torch.no_grad():
             p.vectors.copy_(vectors)
-        g, = torch.autograd.grad(meta.support_loss(p, bb, s, sl), p.vectors)
+        g, = torch.autograd.grad(support_loss(p, bb, s, sl), p.vectors)
         with torch.no_grad():
             p.vectors.sub_(lr * g)
             return float(meta.episode_loss(p, bb, s, sl, q, ql)[0])
@@ -133,7 +134,7 @@ def test_adapt_prompt_tunes_a_copy_and_lowers_the_support_loss():
     tuned = meta.adapt_prompt(prompt, bb, s, sl, steps=5, lr=1e-3)
     assert torch.equal(prompt.vectors, before)
     with torch.no_grad():
-        assert float(meta.support_loss(tuned, bb, s, sl)) < float(meta.support_loss(prompt, bb, s, sl))
+        assert float(support_loss(tuned, bb, s, sl)) < float(support_loss(prompt, bb, s, sl))
     assert torch.equal(meta.adapt_prompt(prompt, bb, s, sl, steps=0, lr=0.5).vectors, before)
 
 
@@ -141,7 +142,8 @@ def test_bf16_autocast_on_cpu_runs_the_meta_step():
     bb = _frozen()
     prompt = _prompt(bb)
     _, losses = meta.meta_train(prompt, bb, iter(_task(i) for i in range(4)), "fomaml", inner_steps=1,
-                                inner_lr=0.5, meta_batch=2, iterations=1, device="cpu", amp=True)
+                                inner_lr=0.5, meta_batch=2, iterations=1, device="cpu",
+                                autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     assert torch.isfinite(torch.tensor(losses)).all()
 
 
@@ -150,7 +152,8 @@ def test_cuda_meta_step():
     bb = _frozen().cuda()
     prompt = _prompt(bb).cuda()
     _, losses = meta.meta_train(prompt, bb, iter(_task(i) for i in range(4)), "maml", inner_steps=1,
-                                inner_lr=0.5, meta_batch=2, iterations=1, device="cuda", amp=True)
+                                inner_lr=0.5, meta_batch=2, iterations=1, device="cuda",
+                                autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16))
     assert torch.isfinite(torch.tensor(losses)).all()
 
 

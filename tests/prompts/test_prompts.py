@@ -9,17 +9,11 @@ import torch
 import matchers
 import models
 import prompts
-from fewshot.model import to_input
+from episodes import to_input
 from fewshot.prompting import PromptedModel, freeze
 from prompts.delete_nodes import block_masks, topk_mask
 
 WAY, SHOT = 3, 2
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return freeze(models.create_backbone("test_vig")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -281,15 +275,10 @@ def test_fresh_zero_initialised_prompts_change_nothing(backbone, episode):
             torch.testing.assert_close(backbone.forward_head(nodes, pre_logits=True, node_mask=mask), plain)
 
 
-def test_support_generated_prompt_depends_on_the_support_set(backbone, episode):
+def test_support_generated_prompt_depends_on_the_support_set(backbone, episode, add_prompt):
     support, labels, _ = episode
-    torch.manual_seed(0)
-    prompt = prompts.create("add", backbone, blocks="0")
-    with torch.no_grad():
-        for gen in prompt.generators.values():
-            gen.out.weight.normal_()
-    a = conditioned(prompt, backbone, support, labels).prompt_nodes(0).clone()
-    b = conditioned(prompt, backbone, support.flip(-1), labels).prompt_nodes(0)
+    a = conditioned(add_prompt, backbone, support, labels).prompt_nodes(0).clone()
+    b = conditioned(add_prompt, backbone, support.flip(-1), labels).prompt_nodes(0)
     assert a.shape == (4, backbone.embed_dim) and not torch.allclose(a, b)
 
 
