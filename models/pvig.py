@@ -34,18 +34,17 @@ nodes), M key nodes, D stage dim, k neighbours, d dilation, r key reduction.
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import DropPath, to_2tuple, trunc_normal_
+from timm.layers import DropPath, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .layers import check_node_mask, masked_mean
-from .vig import (FFN, BlockHook, GraphHook, Grapher, LayerType, Stem, _apply_hook, _init_module, _resolve_act,
-                  conv_to_nodes, effective_knn, nodes_to_conv)
+from .vig import (FFN, BlockHook, GraphClassifierMixin, GraphHook, Grapher, LayerType, Stem, _apply_hook,
+                  _init_module, _resolve_act, conv_to_nodes, effective_knn, nodes_to_conv)
 
 __all__ = ["PyramidVisionGNN", "PyramidGrapher", "PyramidBlock", "relative_position", "knn_to_keys"]
 
@@ -223,7 +222,7 @@ class PyramidStage(nn.Module):
         self.blocks = nn.ModuleList(blocks)
 
 
-class PyramidVisionGNN(nn.Module):
+class PyramidVisionGNN(GraphClassifierMixin, nn.Module):
     """Pyramid Vision GNN (Han et al., NeurIPS 2022): stem, position embedding, stages of Grapher +
     FFN blocks on halving node grids with reduced keys and a relative position term, a final
     BatchNorm (optional), masked mean pooling, MLP head.
@@ -313,44 +312,6 @@ class PyramidVisionGNN(nn.Module):
         self.norm = nn.BatchNorm2d(channels[-1]) if final_norm else nn.Identity()
         self.head = self._make_head(num_classes)
         self.init_weights()
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        if num_classes == 0:
-            return nn.Identity()
-        if self.head_hidden == 0:
-            return nn.Sequential(OrderedDict(drop=nn.Dropout(self.drop_rate),
-                                             fc=nn.Linear(self.embed_dim, num_classes)))
-        return nn.Sequential(OrderedDict(
-            pre_fc=nn.Linear(self.embed_dim, self.head_hidden),
-            norm=nn.BatchNorm1d(self.head_hidden),
-            act=self._act(),
-            drop=nn.Dropout(self.drop_rate),
-            fc=nn.Linear(self.head_hidden, num_classes),
-        ))
-
-    def init_weights(self) -> None:
-        """Kaiming-normal convolutions, truncated-normal linears and position embedding, zero biases."""
-        trunc_normal_(self.pos_embed, std=.02)
-        self.apply(_init_module)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {"pos_embed"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a fresh one with ``num_classes`` outputs (0: identity)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"PyramidVisionGNN pools by masked mean only: global_pool must be None or 'avg', "
-                             f"got {global_pool!r}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes).to(self.pos_embed.device)
-        self.head.apply(_init_module)
 
     def forward_features(
             self,

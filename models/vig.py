@@ -39,7 +39,7 @@ from .layers import check_node_mask, masked_mean
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "MaxRelativeGraphConv", "Stem",
-    "knn_graph", "effective_knn", "nodes_to_conv", "conv_to_nodes", "BlockHook", "GraphHook",
+    "knn_graph", "effective_knn", "nodes_to_conv", "conv_to_nodes", "BlockHook", "GraphHook", "GraphClassifierMixin",
 ]
 
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -331,7 +331,58 @@ class Stem(nn.Module):
         return self.convs(x)
 
 
-class VisionGNN(nn.Module):
+class GraphClassifierMixin:
+    """What the isotropic and the pyramid ViG share around the graph: the MLP head (``head_hidden``
+    features, BatchNorm, activation, dropout; or one linear layer), weight initialisation, and timm's
+    classifier contract. Needs ``embed_dim``, ``head_hidden``, ``drop_rate``, ``_act`` and ``pos_embed``."""
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        if self.head_hidden == 0:
+            return nn.Sequential(OrderedDict(drop=nn.Dropout(self.drop_rate),
+                                             fc=nn.Linear(self.embed_dim, num_classes)))
+        return nn.Sequential(OrderedDict(
+            pre_fc=nn.Linear(self.embed_dim, self.head_hidden),
+            norm=nn.BatchNorm1d(self.head_hidden),
+            act=self._act(),
+            drop=nn.Dropout(self.drop_rate),
+            fc=nn.Linear(self.head_hidden, num_classes),
+        ))
+
+    def init_weights(self) -> None:
+        """Kaiming-normal convolutions (as the reference code), truncated-normal linears and
+        position embedding, zero biases."""
+        trunc_normal_(self.pos_embed, std=.02)
+        self.apply(_init_module)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {"pos_embed"}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head by a fresh one with ``num_classes`` outputs (0: identity).
+
+        Args:
+            num_classes: classifier outputs.
+            global_pool: only ``None`` or ``'avg'`` (masked mean), for timm compatibility.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"{type(self).__name__} pools by masked mean only: global_pool must be None or 'avg', "
+                             f"got {global_pool!r}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.num_classes = num_classes
+        device = self.pos_embed.device
+        self.head = self._make_head(num_classes).to(device)
+        self.head.apply(_init_module)
+
+
+class VisionGNN(GraphClassifierMixin, nn.Module):
     """Isotropic Vision GNN (Han et al., NeurIPS 2022): stem, position embedding, ``depth`` blocks of
     Grapher + FFN on a dynamic k-NN graph, a final BatchNorm, masked mean pooling, MLP head.
 
@@ -420,50 +471,6 @@ class VisionGNN(nn.Module):
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         self.head = self._make_head(num_classes)
         self.init_weights()
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        if num_classes == 0:
-            return nn.Identity()
-        if self.head_hidden == 0:
-            return nn.Sequential(OrderedDict(drop=nn.Dropout(self.drop_rate),
-                                             fc=nn.Linear(self.embed_dim, num_classes)))
-        return nn.Sequential(OrderedDict(
-            pre_fc=nn.Linear(self.embed_dim, self.head_hidden),
-            norm=nn.BatchNorm1d(self.head_hidden),
-            act=self._act(),
-            drop=nn.Dropout(self.drop_rate),
-            fc=nn.Linear(self.head_hidden, num_classes),
-        ))
-
-    def init_weights(self) -> None:
-        """Kaiming-normal convolutions (as the reference code), truncated-normal linears and
-        position embedding, zero biases."""
-        trunc_normal_(self.pos_embed, std=.02)
-        self.apply(_init_module)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {"pos_embed"}
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Replace the head by a fresh one with ``num_classes`` outputs (0: identity).
-
-        Args:
-            num_classes: classifier outputs.
-            global_pool: only ``None`` or ``'avg'`` (masked mean), for timm compatibility.
-        """
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"VisionGNN pools by masked mean only: global_pool must be None or 'avg', got {global_pool!r}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.num_classes = num_classes
-        device = self.pos_embed.device
-        self.head = self._make_head(num_classes).to(device)
-        self.head.apply(_init_module)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, D, h, w]`` -> x + position embedding, resized bilinearly when (h, w) differs."""
