@@ -44,7 +44,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .layers import check_node_mask, masked_mean
 from .vig import (FFN, BlockHook, GraphClassifierMixin, GraphHook, Grapher, LayerType, Stem, _apply_hook,
-                  _init_module, _resolve_act, conv_to_nodes, effective_knn, nodes_to_conv)
+                  _resolve_act, conv_to_nodes, effective_knn, nodes_to_conv)
 
 __all__ = ["PyramidVisionGNN", "PyramidGrapher", "PyramidBlock", "relative_position", "knn_to_keys"]
 
