@@ -64,6 +64,10 @@ TRANSFER_SOURCES = ("vtab", "class-folders")
 """``--dataset`` names read as transfer tasks; every other name is an episodic dataset (its test classes)."""
 CORRECT_FILE = "test_image_correct.txt"
 RESULT_FILE = "result.json"
+DEFAULT_TRAIN_PER_CLASS = 10
+"""Training images per class of an episodic dataset's test classes when ``--train-per-class`` is not given."""
+DEFAULT_CONDITION_PER_CLASS = 4
+"""Conditioning images per class of a generated prompt when ``--condition-per-class`` is not given."""
 _NOT_SETTINGS = ("run_dir", "track", "tracking_uri", "experiment", "threads")
 """Fields that do not change a run's numbers (``--resume`` accepts other values for them)."""
 
@@ -76,13 +80,13 @@ class TransferConfig:
     data_root: Optional[str] = None
     img_size: Optional[int] = None
     vtab_protocol: str = "final"
-    train_per_class: int = 10
+    train_per_class: Optional[int] = None
     val_per_class: int = 0
     backbone: str = "vig_small_28"
     backbone_from: Optional[str] = None
     adapt: str = "linear"
     prompt_opts: Dict[str, str] = dataclasses.field(default_factory=dict)
-    condition_per_class: int = 4
+    condition_per_class: Optional[int] = None
     epochs: int = 10
     batch_size: int = 64
     optimizer: str = "adamw"
@@ -111,7 +115,8 @@ class TransferConfig:
             (0 <= self.warmup_epochs < self.epochs,
              f"--warmup-epochs must be in 0..{self.epochs - 1} (below --epochs {self.epochs}), got {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.condition_per_class >= 1, f"--condition-per-class must be >= 1, got {self.condition_per_class}"),
+            (self.condition_per_class is None or self.condition_per_class >= 1,
+             f"--condition-per-class must be >= 1, got {self.condition_per_class}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -120,9 +125,12 @@ class TransferConfig:
             raise ValueError(f"--prompt-opt {', '.join(sorted(self.prompt_opts))} given, but --adapt {self.adapt} has no "
                              f"prompt; prompts: {', '.join(PROMPT_MODES)}")
         episodic = self.dataset not in TRANSFER_SOURCES
-        if not episodic and self.val_per_class:
-            raise ValueError(f"--val-per-class splits an episodic dataset's classes; --dataset {self.dataset} has "
-                             "its own splits")
+        if not episodic and (self.val_per_class or self.train_per_class is not None):
+            flag = "--val-per-class" if self.val_per_class else "--train-per-class"
+            raise ValueError(f"{flag} splits an episodic dataset's classes; --dataset {self.dataset} has its own splits")
+        if self.condition_per_class is not None and self.adapt not in ("add", "modify", "graph", "delete"):
+            raise ValueError(f"--condition-per-class is for prompts generated from training images (add, modify, "
+                             f"graph, delete); --adapt {self.adapt} has none")
         if self.dataset != "vtab" and self.vtab_protocol != "final":
             raise ValueError(f"--vtab-protocol is for --dataset vtab, not {self.dataset}")
 
@@ -156,7 +164,8 @@ def load_transfer_data(config: TransferConfig, img_size: int, in_chans: int):
     from episodes import load_splits
 
     test = load_splits(config.dataset, config.data_root, config.img_size).test
-    return transfer_data.split_per_class(test, config.train_per_class, config.val_per_class, config.seed,
+    per_class = DEFAULT_TRAIN_PER_CLASS if config.train_per_class is None else config.train_per_class
+    return transfer_data.split_per_class(test, per_class, config.val_per_class, config.seed,
                                          source=f"{config.dataset} test classes")
 
 
@@ -398,8 +407,12 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
     log.info("%s", data.describe())
     c, h, _ = data.image_shape
     model = build_transfer_model(config, h, c, data.num_classes).to(device)
+    if config.condition_per_class is not None and not model.conditioned:
+        raise ValueError(f"--condition-per-class given, but prompt {config.adapt!r} with these options is not generated "
+                         "from training images (e.g. delete with scorer=learned)")
     if model.conditioned:
-        cond = _conditioning_set(data.train, data.num_classes, config.condition_per_class, config.seed)
+        per_class = config.condition_per_class or DEFAULT_CONDITION_PER_CLASS
+        cond = _conditioning_set(data.train, data.num_classes, per_class, config.seed)
         model.set_conditioning(data.train.images[cond].to(device), data.train.labels[cond].to(device))
     n_train = len(data.train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)

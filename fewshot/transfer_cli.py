@@ -30,8 +30,8 @@ def _pairs(ctx, param, values):
 @click.option("--img-size", type=int, help="Image side (default: the dataset's, or the backbone's for file sources).")
 @click.option("--vtab-protocol", type=click.Choice(["final", "tune"]), default="final", show_default=True,
               help="final: train on train800val200.txt; tune: train on train800.txt, select on val200.txt. Both test on test.txt.")
-@click.option("--train-per-class", type=int, default=10, show_default=True,
-              help="Episodic dataset: training images per test class (the rest are test images).")
+@click.option("--train-per-class", type=int,
+              help="Episodic dataset: training images per test class, the rest are test images [default: 10].")
 @click.option("--val-per-class", type=int, default=0, show_default=True,
               help="Episodic dataset: validation images per class, for model selection (0: none).")
 @click.option("--backbone", default="vig_small_28", show_default=True, help="Backbone name (fewshot backbones in timm).")
@@ -41,8 +41,9 @@ def _pairs(ctx, param, values):
               help="What trains besides the classifier: linear (nothing), head (last block + norm), full, or a prompt.")
 @click.option("--prompt-opt", "prompt_opts", multiple=True, metavar="NAME=VALUE", callback=_pairs,
               help="Option of the prompt of --adapt (see fewshot prompts), repeatable.")
-@click.option("--condition-per-class", type=int, default=4, show_default=True,
-              help="Conditioned prompts (add, modify, graph): training images per class they are generated from.")
+@click.option("--condition-per-class", type=int,
+              help="Generated prompts (add, modify, graph, delete): training images per class they are generated "
+                   "from [default: 4].")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,

@@ -333,6 +333,16 @@ def test_cli_bad_input_is_one_line_naming_the_file_and_line_with_exit_2(tmp_path
     assert res.exit_code == 2 and "--prompt-opt num_nodes given, but --adapt linear has no prompt" in res.output
     res = CliRunner().invoke(cli, ["transfer", "--dataset", "class-folders", "--no-track"])
     assert res.exit_code == 2 and "--dataset class-folders reads files: give their folder with --data-root" in res.output
+    res = CliRunner().invoke(cli, ["transfer", "--dataset", "vtab", "--data-root", str(root), "--train-per-class", "5"])
+    assert res.exit_code == 2 and "--train-per-class splits an episodic dataset's classes" in res.output
+    res = CliRunner().invoke(cli, ["transfer", "--adapt", "vpt", "--condition-per-class", "2", "--no-track"])
+    assert res.exit_code == 2 and "--condition-per-class is for prompts generated from training images" in res.output
+
+
+def test_condition_per_class_on_a_prompt_that_is_not_generated_is_refused(tmp_path):
+    cfg = config(tmp_path, adapt="delete", prompt_opts={"scorer": "learned"}, condition_per_class=2)
+    with pytest.raises(ValueError, match="--condition-per-class given, but prompt 'delete' with these options"):
+        tr.transfer(cfg, progress=False)
 
 
 @pytest.mark.slow  # MLflow sqlite store: ~14 s
