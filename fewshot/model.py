@@ -4,8 +4,6 @@ Glossary: S = way*shot support images, Q query images, C x H x W images, N nodes
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
