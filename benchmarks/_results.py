@@ -118,8 +118,8 @@ def provenance(script: str, argv: Sequence[str], checkpoint=NO_BACKBONE, **extra
 
     out = {"command": command(script, argv), "commit": commit(),
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                      f"Python {platform.python_version()}"}
+           "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start, "
+                      f"torch {torch.__version__}, Python {platform.python_version()}"}
     if checkpoint != NO_BACKBONE:
         out["checkpoint"] = checkpoint_info(checkpoint)
     return {**out, **extra}
