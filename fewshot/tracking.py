@@ -10,10 +10,11 @@ import logging
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-__all__ = ["Tracker", "NullTracker", "default_tracking_uri", "default_artifact_root", "make_tracker",
+__all__ = ["Tracker", "NullTracker", "ending", "default_tracking_uri", "default_artifact_root", "make_tracker",
            "allow_file_store", "load_run_artifacts", "metric_history", "headline", "EXPERIMENT_KIND"]
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -228,3 +229,18 @@ class Tracker(NullTracker):
 
 def make_tracker(enabled: bool, tracking_uri: Optional[str], experiment: str) -> NullTracker:
     return Tracker(tracking_uri, experiment) if enabled else NullTracker()
+
+
+@contextmanager
+def ending(tracker):
+    """Close ``tracker``'s run with the status of the block: FINISHED when it returns, KILLED on Ctrl-C,
+    FAILED on any other exception (which propagates)."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)

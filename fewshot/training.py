@@ -36,7 +36,7 @@ from .distributed import is_main, setup
 from .evaluation import autocast_for, evaluate
 from .model import build_model, count_parameters, default_backbone
 from .pretraining import pretrain
-from .tracking import make_tracker
+from .tracking import ending, make_tracker
 
 __all__ = ["Run", "prepare", "train", "resolve_device", "start_process"]
 
@@ -211,21 +211,13 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     if run_id is None:
         tracker.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
     log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
-    status = "FAILED"
-    try:
+    with ending(tracker):
         model.fit(run.splits.train.images, seed=run.config.seed)  # e.g. DAM-VP's centroids; kept when resumed
         if step == 0:  # a run resumed mid-way through episodic training has finished pretraining
             pretrain(run, tracker, resume, progress)
         if trainable:
             step = _train_loop(run, opt, sched, step, best, tracker, progress)
-        result = _final_evaluation(run, best, tracker, progress)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
+        return _final_evaluation(run, best, tracker, progress)
 
 
 def _train_loop(run: Run, opt, sched, step: int, best: dict, tracker, progress: bool) -> int:

@@ -49,6 +49,7 @@ from episodes.sampler import episode_seed
 from .checkpoint import load_checkpoint, save_atomic
 from .evaluation import autocast_for
 from .model import to_input
+from .training import resolve_device
 
 __all__ = ["ADAPT_MODES", "BASELINE_MODES", "OPTIMIZERS", "TRANSFER_SOURCES", "TransferConfig", "TransferModel",
            "load_transfer_data", "build_transfer_model", "trainable_modules", "make_optimizer", "make_scheduler",
@@ -364,15 +365,6 @@ class _State:
     run_id: Optional[str] = None
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return device
-
-
 def _resume(path: Path, config: TransferConfig, model, optimizer, scheduler) -> _State:
     ckpt = load_checkpoint(path)
     saved = json.loads(ckpt.get("settings") or "{}")
@@ -394,12 +386,12 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
     """
     from episodes.augment import create_augment
 
-    from .tracking import make_tracker
+    from .tracking import ending, make_tracker
 
     t_start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     augment = create_augment(config.augment)
     img_size, in_chans = default_image_spec(config.backbone)
     img_size = config.img_size or img_size
@@ -437,8 +429,7 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
                                  "test_images": len(data.test), "test_set_id": data.test.fingerprint,
                                  "source": data.source}, run_id=state.run_id,
                   tags={"command": "transfer", "adapt": config.adapt})
-    status = "FAILED"
-    try:
+    with ending(tracker):
         train_s = _train(config, model, data, optimizer, scheduler, state, device, augment, run_dir, tracker, progress)
         if data.val is not None and best_path.exists():
             model.load_state_dict(load_checkpoint(best_path)["model"])
@@ -462,13 +453,7 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
         tracker.log_metrics({"test_acc": acc, "wall_seconds": result["wall_seconds"]}, step=config.epochs)
         tracker.log_text(text, CORRECT_FILE)
         tracker.log_result(result)
-        status = "FINISHED"
         return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end(status)
 
 
 def _train(config, model, data, optimizer, scheduler, state: _State, device, augment, run_dir: Path, tracker,

@@ -13,13 +13,10 @@ _ADAPT = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vg
 
 
 def _pairs(ctx, param, values):
-    out = {}
-    for item in values or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", ctx=ctx, param=param)
-        out[name.strip()] = value.strip()
-    return out
+    """``("k=3",)`` -> ``{"k": "3"}`` (``{}`` when none given), parsed as ``--matcher-opt`` is."""
+    from .cli import _pairs as parse
+
+    return parse(ctx, param, values) or {}
 
 
 @click.command("transfer")
