@@ -6,8 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import importlib.util
 import pytest
 import torch
+
+_spec = importlib.util.spec_from_file_location("_fewshot_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+_root_conftest = importlib.util.module_from_spec(_spec)  # its assert_same_tensors, not a copy
+_spec.loader.exec_module(_root_conftest)
+
 
 #: A tiny but complete run: validation (best.pt), checkpoints every 2 episodes, a test bank.
 TINY = ["--dataset", "glyphs", "--backbone", "test_vig", "--way", "3", "--shot", "1", "--query", "2",
@@ -56,20 +62,8 @@ def run_outcome(run_dir: Path, store: str, run_id: str) -> dict:
 
 
 def assert_same_state(a, b, where="state"):
-    """Nested dicts/lists of tensors and plain values, equal bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
-        for k in a:
-            assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+    """Nested dicts/lists of tensors and plain values, equal bit for bit (the root conftest's check)."""
+    _root_conftest.assert_same_tensors(a, b, where)
 
 
 def assert_same_outcome(a: dict, b: dict) -> None:
