@@ -16,10 +16,7 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "OptionMap", "load_yaml", "merge", "setting", "ADAPT_MODES", "COMPONENTS"]
-
-ADAPT_MODES = ("amortised", "tune", "head", "full", "linear")
-"""Ways a frozen backbone is adapted per episode (see :mod:`fewshot.prompting`)."""
+__all__ = ["Config", "ConfigError", "OptionMap", "load_yaml", "merge", "setting", "COMPONENTS"]
 
 
 BOOKKEEPING = frozenset({"run_dir", "experiment", "tracking_uri", "track", "threads", "device", "cache"})
@@ -139,7 +136,7 @@ class Config:
                                  shorthand=("prompt", "keep"))
     adapt: str = setting("amortised", "Per-episode adaptation: amortised (prompt as is / generated), tune (T Adam "
                          "steps on the prompt), head, full (tune last block+norm / all backbone), linear "
-                         "(logistic-regression probe).", choices=ADAPT_MODES)
+                         "(logistic-regression probe).", choices="fewshot.adaptation:list_adaptations")
     adapt_steps: int = setting(10, "Tuning steps per test episode (0: none).")
     adapt_lr: float = setting(1e-2, "Learning rate of the tuning steps.")
     backbone_from: Optional[str] = setting(None, "Checkpoint (runs/<run>/best.pt) whose backbone is loaded and frozen.",
@@ -210,8 +207,10 @@ class Config:
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def _check_prompting(self) -> None:
-        if self.adapt not in ADAPT_MODES:
-            raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {self.adapt!r}")
+        from .adaptation import list_adaptations  # the registered strategies (fewshot/adaptation.py)
+
+        if self.adapt not in list_adaptations():
+            raise ConfigError(f"adapt must be one of {', '.join(list_adaptations())}, got {self.adapt!r}")
         spec = str(self.prompt_blocks).strip().lower()
         if spec != "all" and not all(p.strip().isdigit() for p in spec.split(",")):
             raise ConfigError(f"prompt_blocks must be 'all' or comma-separated block indices such as 0,2, "

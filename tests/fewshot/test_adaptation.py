@@ -11,7 +11,7 @@ import matchers
 import models
 import prompts
 from fewshot.adaptation import MetaTune, Tune, create_adaptation, list_adaptations
-from fewshot.config import ADAPT_MODES
+from fewshot.config import Config, ConfigError
 from fewshot.prompting import PromptedModel, freeze
 from prompts.views import augment, episode_generator
 
@@ -36,8 +36,12 @@ def _model(adapt, **kw):
     return PromptedModel(bb, prompt, matchers.create("prototype"), adapt=adapt, adapt_steps=2, **kw).eval()
 
 
-def test_the_registry_holds_exactly_the_adapt_modes_the_config_accepts():
-    assert list_adaptations() == sorted(ADAPT_MODES)
+def test_the_config_accepts_exactly_the_registered_adapt_modes():
+    assert list_adaptations() == ["amortised", "full", "head", "linear", "tune"]
+    for name in list_adaptations():
+        assert Config(adapt=name, backbone="test_vig").adapt == name
+    with pytest.raises(ConfigError, match="adapt must be one of amortised, full, head, linear, tune"):
+        Config(adapt="tuen")
 
 
 def test_an_unknown_mode_lists_the_valid_ones_and_the_closest():
