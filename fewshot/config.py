@@ -103,6 +103,8 @@ class Config:
     train_query: Optional[int] = setting(None, "Query images per class in training (default: --query).", train_only=True)
     # model
     backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. vig_small_28, conv4 [default: conv4].")
+    node_filter: str = setting("none", "Nodes kept in the ViG's graph and pooling: none (all), ink (drop blank "
+                               "background patches, read from the image).", choices=("none", "ink"))
     matcher: str = setting("prototype", "How queries are scored (`fewshot matchers` lists them and their options).",
                            choices="matchers:list_matchers")
     matcher_opts: OptionMap = setting(OptionMap(), "An option of the matcher as NAME=VALUE, repeatable "
@@ -200,6 +202,9 @@ class Config:
         self._check_prompting()
         for kind in COMPONENTS:  # converted values are kept, so "3" and 3 give the same Config
             object.__setattr__(self, f"{kind}_opts", OptionMap(self._resolve_options(kind)[1]))
+        if self.node_filter != "none" and self.prompted:
+            raise ConfigError("--node-filter applies to a plain episodic model; a prompted model (--prompt / --adapt / "
+                              "--backbone-from) deletes nodes with --prompt delete instead")
         if self.pretrain_epochs and self.prompted:
             raise ConfigError("--pretrain-epochs trains the whole backbone as a classifier; it does not apply to a "
                               "frozen, prompted backbone (--prompt / --adapt / --backbone-from)")

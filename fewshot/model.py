@@ -22,11 +22,19 @@ class EpisodicModel(nn.Module):
             ``forward_head(pre_logits=True)`` -> ``[B, D]``).
         matcher: a ``matchers`` matcher; its ``input`` attribute (``"pooled"`` or ``"nodes"``)
             says which embedding it scores.
+        node_filter: ``"none"``, or ``"ink"``: delete the nodes whose image patch is blank background
+            (:func:`models.ink_node_mask`) from the graph and from pooling. Node-level matchers still
+            receive every node's features. Needs a backbone that takes ``node_mask`` (the ViGs).
     """
 
-    def __init__(self, backbone: nn.Module, matcher: matchers.Matcher):
+    def __init__(self, backbone: nn.Module, matcher: matchers.Matcher, node_filter: str = "none"):
         super().__init__()
-        self.backbone, self.matcher = backbone, matcher
+        if node_filter not in ("none", "ink"):
+            raise ValueError(f"node_filter must be 'none' or 'ink', got {node_filter!r}")
+        if node_filter != "none" and not hasattr(getattr(backbone, "stem", None), "grid_size"):
+            raise ValueError(f"--node-filter {node_filter} needs a backbone with node masks (a ViG), "
+                             f"not {type(backbone).__name__}")
+        self.backbone, self.matcher, self.node_filter = backbone, matcher, node_filter
 
     @property
     def episode_independent(self) -> bool:
@@ -42,10 +50,13 @@ class EpisodicModel(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images ``[B, C, H, W]`` (uint8 or float) -> ``[B, D]`` or ``[B, N, D]`` as the matcher wants."""
-        nodes = self.backbone.forward_features(to_input(images))
+        mask = None
+        if self.node_filter == "ink":
+            mask = models.ink_node_mask(images, self.backbone.stem.grid_size(tuple(images.shape[-2:])))
+        nodes = self.backbone.forward_features(to_input(images), node_mask=mask)
         if getattr(self.matcher, "input", "pooled") == "nodes":
             return nodes
-        return self.backbone.forward_head(nodes, pre_logits=True)
+        return self.backbone.forward_head(nodes, pre_logits=True, node_mask=mask)
 
     def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor,
                 query_images: torch.Tensor) -> torch.Tensor:
@@ -85,4 +96,4 @@ def build_model(config, img_size: int, in_chans: int) -> nn.Module:
     if config.prompted:
         from .prompting import build_prompted_model  # imports the prompt families only when needed
         return build_prompted_model(config, backbone, matcher)
-    return EpisodicModel(backbone, matcher)
+    return EpisodicModel(backbone, matcher, node_filter=config.node_filter)

@@ -27,13 +27,13 @@ import timm
 from torch import nn
 
 from .conv4 import Conv4
-from .layers import check_node_mask, masked_mean
+from .layers import check_node_mask, ink_node_mask, masked_mean
 from .pvig import PyramidVisionGNN
 from .vig import BlockHook, FFN, Grapher, VisionGNN, ViGBlock, knn_graph
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "BlockHook", "knn_graph", "PyramidVisionGNN",
-    "Conv4", "check_node_mask", "masked_mean", "create_backbone", "list_backbones",
+    "Conv4", "check_node_mask", "ink_node_mask", "masked_mean", "create_backbone", "list_backbones",
 ]
 
 _MODULES = ("vig", "pvig", "conv4")

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["check_node_mask", "masked_mean"]
+__all__ = ["check_node_mask", "masked_mean", "ink_node_mask"]
 
 
 def check_node_mask(node_mask: Optional[torch.Tensor], x: torch.Tensor) -> None:
@@ -47,3 +47,32 @@ def masked_mean(x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> to
     # where() rather than a product, so a non-finite feature of a deleted node cannot leak in.
     total = torch.where(node_mask.unsqueeze(-1), x, x.new_zeros(())).sum(dim=1)
     return total / weights.sum(dim=1)
+
+
+def ink_node_mask(images: torch.Tensor, grid: tuple, threshold: float = 0.1, dilate: int = 1) -> torch.Tensor:
+    """Keep the nodes whose patch of the image holds ink (strokes, foreground); drop blank background.
+
+    A pixel is ink when it differs from the image's background, the median of its border pixels, by
+    more than ``threshold`` of the full range (255 for uint8, 1 for float images in 0..1, 2 in -1..1).
+    The image is cut into the ``h x w`` cells of the node grid; a node is kept when its cell, grown by
+    ``dilate`` cells on each side (a node sees beyond its own cell through the stem), holds ink.
+    An image with no ink at all keeps every node.
+
+    Args:
+        images: ``[B, C, H, W]`` uint8 or float.
+        grid: the node grid ``(h, w)`` (e.g. ``backbone.stem.grid_size((H, W))``).
+    Returns:
+        node_mask: ``[B, h*w]`` bool, True = node kept, row-major like the nodes.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {list(images.shape)}")
+    x = images.float()
+    span = 255.0 if images.dtype == torch.uint8 else float(x.amax() - x.amin()) or 1.0
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # [B, C, 2H + 2W]
+    background = border.median(dim=-1).values[..., None, None]  # [B, C, 1, 1]
+    ink = ((x - background).abs() > threshold * span).any(dim=1, keepdim=True).float()  # [B, 1, H, W]
+    cells = torch.nn.functional.adaptive_max_pool2d(ink, tuple(grid))  # [B, 1, h, w]
+    if dilate > 0:
+        cells = torch.nn.functional.max_pool2d(cells, 2 * dilate + 1, stride=1, padding=dilate)
+    mask = cells.flatten(1) > 0
+    return mask | ~mask.any(dim=1, keepdim=True)
