@@ -1,6 +1,7 @@
 """``fewshot eval``: score a trained run's weights on a fixed test bank and track the result."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -48,6 +49,22 @@ def load_trained_model(run_dir: Path, config: Config, images, checkpoint: str = 
     return model, path
 
 
+_BANK_FIELDS = frozenset({"dataset", "data_root", "img_size", "way", "shot", "query", "eval_episodes", "bank_seed"})
+"""Settings that define the bank; already in an evaluation folder's name through the bank id."""
+
+
+def eval_folder(run_dir: Path, config: Config, checkpoint: str, bank_id: str) -> Path:
+    """``run_dir/eval-<checkpoint>-<bank id>``, plus ``-<8 hex>`` naming the scoring settings (matcher, its options,
+    node filter, adaptation, ...) when they differ from the run's own, so that two evaluations of one run on one
+    bank with different matchers land in two folders that ``fewshot compare`` can pair."""
+    name = f"eval-{checkpoint}-{bank_id}"
+    saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    changed = sorted(d for d in config.differences(saved) if d.split(":")[0] not in _BANK_FIELDS)
+    if changed:
+        name += "-" + hashlib.sha256("\n".join(changed).encode()).hexdigest()[:8]
+    return Path(run_dir) / name
+
+
 def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
                  progress: bool = True) -> dict:
     """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
@@ -75,7 +92,7 @@ def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_f
         tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95}, step=0)
         tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
         tracker.log_result(result)  # result.json and the headline tags
-        out = Path(run_dir) / f"eval-{checkpoint}-{bank.bank_id}"  # for `fewshot compare`, also with --no-track
+        out = eval_folder(run_dir, config, checkpoint, bank.bank_id)  # for `fewshot compare`, also with --no-track
         result["eval_dir"] = str(out)
         if is_main():
             write_scores(out, res.accuracies.tolist(), result)
