@@ -50,9 +50,11 @@ class EpisodicModel(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """images ``[B, C, H, W]`` (uint8 or float) -> ``[B, D]`` or ``[B, N, D]`` as the matcher wants."""
-        mask = None
-        if self.node_filter == "ink":
-            mask = models.ink_node_mask(images, self.backbone.stem.grid_size(tuple(images.shape[-2:])))
+        if self.node_filter == "none":
+            nodes = self.backbone.forward_features(to_input(images))
+            return nodes if getattr(self.matcher, "input", "pooled") == "nodes" else \
+                self.backbone.forward_head(nodes, pre_logits=True)
+        mask = models.ink_node_mask(images, self.backbone.stem.grid_size(tuple(images.shape[-2:])))
         nodes = self.backbone.forward_features(to_input(images), node_mask=mask)
         if getattr(self.matcher, "input", "pooled") == "nodes":
             return nodes
