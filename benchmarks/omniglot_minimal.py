@@ -63,6 +63,8 @@ def load_plan(path: Path) -> dict:
         raise SystemExit(f"{path}: a plan is a mapping with a 'steps' list")
     names = [s.get("name") for s in plan["steps"]]
     for step in plan["steps"]:
+        if step.get("eval_of") is not None and step["eval_of"] not in names:
+            raise SystemExit(f"{path}: step {step['name']!r} scores unknown step {step['eval_of']!r}")
         if step.get("vs") is not None and step["vs"] not in names:
             raise SystemExit(f"{path}: step {step['name']!r} is compared with unknown step {step['vs']!r}")
     for name in plan.get("final", []):
@@ -82,8 +84,20 @@ def _run(cmd: list, log: Path) -> tuple:
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
+def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extra: list, args, log: Path) -> str:
+    """``fewshot eval`` of ``run_dir`` at ``way``/``shot`` on an ``episodes`` bank; returns the scores folder."""
+    track = ["--no-track"] if args.no_track else ["--experiment", args.experiment]
+    ev, _ = _run([*fewshot, "eval", "--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot),
+                  "--eval-episodes", str(episodes), *extra, *track, "--threads", str(args.threads),
+                  "--no-progress", "--json"], log)
+    return ev["eval_dir"]
+
+
 def run_step(step: dict, plan: dict, args, settings: list) -> dict:
-    """Train (or resume) one step and score it on every setting; ``{setting: scores folder}`` + times."""
+    """Train (or resume) one step and score it on every setting; ``{setting: scores folder}`` + times.
+
+    A step with ``eval_of: <step>`` trains nothing: it scores that step's weights with its own
+    ``options`` (test-time changes such as the matcher or the node filter) through ``fewshot eval``."""
     options = {**plan.get("common", {}), **step.get("options", {})}
     if args.data_root:
         options["data_root"] = args.data_root
@@ -93,10 +107,18 @@ def run_step(step: dict, plan: dict, args, settings: list) -> dict:
         options["eval_episodes"] = args.eval_episodes
     if args.smoke:
         options.update(SMOKE, pretrain_epochs=min(1, options.get("pretrain_epochs", 0)))
+    episodes = options.get("eval_episodes", 2000)
+    fewshot = [sys.executable, "-m", "fewshot"]
+    log = Path(args.runs_dir) / f"{step['name']}.log"
+    if step.get("eval_of"):
+        run_dir = Path(args.runs_dir) / step["eval_of"]
+        extra = _flags(step.get("options", {}))
+        out = {"folders": {(w, s): _eval(fewshot, run_dir, w, s, episodes, extra, args, log) for w, s in settings},
+               "train_wall_s": 0.0, "command": shlex.join(["eval", "--run-dir", str(run_dir), *extra])}
+        print(f"{step['name']}: scored {step['eval_of']} with {' '.join(extra)}", file=sys.stderr)
+        return out
     run_dir = Path(args.runs_dir) / step["name"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"{step['name']}.log"
-    fewshot = [sys.executable, "-m", "fewshot"]
     track = ["--no-track"] if args.no_track else ["--experiment", args.experiment]
     config = ["--config", step["config"]] if step.get("config") else []
     cmd = [*fewshot, "train", *config, *_flags(options), *track, "--threads", str(args.threads), "--no-progress",
@@ -105,12 +127,11 @@ def run_step(step: dict, plan: dict, args, settings: list) -> dict:
     own = (result["test_way"], result["test_shot"])
     out = {"folders": {own: str(run_dir)}, "train_wall_s": wall, "command": shlex.join(cmd[2:])}
     for way, shot in settings:
-        if (way, shot) == own:
-            continue
-        ev, _ = _run([*fewshot, "eval", "--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot),
-                      "--eval-episodes", str(options.get("eval_episodes", 2000)), *track,
-                      "--threads", str(args.threads), "--no-progress", "--json"], log)
-        out["folders"][(way, shot)] = ev["eval_dir"]
+        if (way, shot) != own:
+            out["folders"][(way, shot)] = _eval(fewshot, run_dir, way, shot, episodes, [], args, log)
+    if step["name"] in plan.get("final", []) and args.final_eval_episodes:  # the final pair: larger banks
+        out["final"] = {(w, s): _eval(fewshot, run_dir, w, s, args.final_eval_episodes, [], args, log)
+                        for w, s in settings}
     print(f"{step['name']}: trained/resumed in {wall:.0f} s", file=sys.stderr)
     return out
 
@@ -126,6 +147,8 @@ def _diff(a, b) -> str:
 
 def report(plan: dict, done: dict, settings: list, argv: list) -> str:
     scores = {name: {s: load_run(folder) for s, folder in d["folders"].items()} for name, d in done.items()}
+    final_scores = {name: {s: load_run(folder) for s, folder in d["final"].items()}
+                    for name, d in done.items() if "final" in d}
     heads = [f"{w}w{s}s" for w, s in settings]
     commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
@@ -155,10 +178,15 @@ def report(plan: dict, done: dict, settings: list, argv: list) -> str:
     final = [n for n in plan.get("final", []) if n in done]
     if len(final) == 2:
         a, b = final
-        lines += ["", f"## Final: {a} vs {b}", "", "| setting | " + a + " | " + b + " | difference |", "|---|---|---|---|"]
+        table = final_scores if len(final_scores) == 2 else scores
+        size = {table[a][x].accuracies.size for x in settings}
+        lines += ["", f"## Final: {a} vs {b} ({', '.join(map(str, sorted(size)))}-episode banks, bank seed 0)", "",
+                  "| setting | bank | " + a + " | " + b + " | difference (a - b) |", "|---|---|---|---|---|"]
         for x, head in zip(settings, heads):
-            lines.append(f"| {head} | {_cell(scores[a][x])} | {_cell(scores[b][x])} | {_diff(scores[a][x], scores[b][x])} |")
-    lines += ["", "## Commands", ""] + [f"- {n}: `fewshot {d['command']}`" for n, d in done.items()]
+            lines.append(f"| {head} | {table[a][x].bank_id} | {_cell(table[a][x])} | {_cell(table[b][x])} | "
+                         f"{_diff(table[a][x], table[b][x])} |")
+    lines += ["", "## Commands (scoring steps add `--way/--shot/--eval-episodes` per setting)", ""] + \
+        [f"- {n}: `fewshot {d['command']}`" for n, d in done.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", help="comma-separated subset of the plan's steps (default: all)")
     p.add_argument("--episodes", type=int, help="override every step's training episodes (screening)")
     p.add_argument("--eval-episodes", type=int, help="override the bank size")
+    p.add_argument("--final-eval-episodes", type=int, help="score the plan's final pair on banks of this size "
+                   "(every setting, by fewshot eval)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--experiment", default="omniglot-minimal")
     p.add_argument("--no-track", action="store_true")

@@ -18,8 +18,16 @@ PLAN = ROOT / "benchmarks" / "configs" / "omniglot-minimal-ablation.yaml"
 @pytest.mark.slow
 def test_smoke_run_writes_a_report_of_paired_differences(tmp_path):
     out = tmp_path / "report.md"
-    cmd = [sys.executable, str(SCRIPT), "--plan", str(PLAN), "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
-           "--steps", "conv4,conv4-affine", "--settings", "5w1s,5w5s", "--smoke", "--no-track"]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "common": {"way": 5, "shot": 1},
+        "steps": [{"name": "conv4", "what": "base"},
+                  {"name": "conv4-affine", "vs": "conv4", "what": "+ affine augmentation", "options": {"augment": "affine"}},
+                  {"name": "conv4-cosine", "vs": "conv4", "eval_of": "conv4", "what": "cosine at test time",
+                   "options": {"metric": "cosine"}}],
+        "final": ["conv4-affine", "conv4"]}))
+    cmd = [sys.executable, str(SCRIPT), "--plan", str(plan), "--runs-dir", str(tmp_path / "runs"), "--out", str(out),
+           "--settings", "5w1s,5w5s", "--smoke", "--no-track", "--final-eval-episodes", "6"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
@@ -32,7 +40,21 @@ def test_smoke_run_writes_a_report_of_paired_differences(tmp_path):
     diff = next(line for line in text.splitlines() if line.startswith("| conv4-affine | conv4 |"))
     p = paired_test(a5.accuracies, b5.accuracies)
     assert f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f}" in diff
-    assert len(list(runs.glob("conv4*/eval-best-*"))) == 2  # 5w5s scored by fewshot eval for both steps
+    # 5w5s on the 4-episode bank, then both settings on 6-episode banks for the final pair, and the cosine scoring
+    # of conv4's weights at both settings in folders of their own
+    assert len(list(runs.glob("conv4*/eval-best-*"))) == 2 + 4 + 2
+    cosine = next(line for line in text.splitlines() if line.startswith("| conv4-cosine | conv4 |"))
+    own = load_run(str(runs / "conv4"))
+    other = load_run(str(next(p for p in (runs / "conv4").glob(f"eval-best-{own.bank_id}-*"))))
+    p = paired_test(other.accuracies, own.accuracies)
+    assert f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f}" in cosine
+    final = text[text.index("## Final: conv4-affine vs conv4 (6-episode banks"):]
+    for line in [l for l in final.splitlines() if l.startswith("| 5w")]:
+        bank = line.split(" | ")[1]
+        a, b = (load_run(str(next(runs.glob(f"{n}/eval-best-{bank}")))) for n in ("conv4-affine", "conv4"))
+        assert a.accuracies.size == 6 and f"{100 * a.mean:.2f} +- {100 * a.ci95:.2f}" in line
+        p = paired_test(a.accuracies, b.accuracies)
+        assert f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f}" in line
 
 
 def test_the_shipped_plan_is_valid_and_compares_only_known_steps():
