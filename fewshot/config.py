@@ -105,6 +105,9 @@ class Config:
     backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. vig_small_28, conv4 [default: conv4].")
     node_filter: str = setting("none", "Nodes kept in the ViG's graph and pooling: none (all), ink (drop blank "
                                "background patches, read from the image).", choices=("none", "ink"))
+    support_views: int = setting(0, "Extra embeddings of every support image with random node subsets deleted "
+                                 "(a ViG with a pooled matcher); 0: off.")
+    view_keep: float = setting(0.75, "Fraction of nodes each support view keeps.")
     matcher: str = setting("prototype", "How queries are scored (`fewshot matchers` lists them and their options).",
                            choices="matchers:list_matchers")
     matcher_opts: OptionMap = setting(OptionMap(), "An option of the matcher as NAME=VALUE, repeatable "
@@ -202,6 +205,12 @@ class Config:
         self._check_prompting()
         for kind in COMPONENTS:  # converted values are kept, so "3" and 3 give the same Config
             object.__setattr__(self, f"{kind}_opts", OptionMap(self._resolve_options(kind)[1]))
+        if isinstance(self.support_views, bool) or not isinstance(self.support_views, int) or self.support_views < 0:
+            raise ConfigError(f"support_views must be an integer >= 0, got {self.support_views!r}")
+        if not 0 < self.view_keep <= 1:
+            raise ConfigError(f"view_keep must be in (0, 1], got {self.view_keep!r}")
+        if self.support_views and self.prompted:
+            raise ConfigError("--support-views applies to a plain episodic model, not a prompted one")
         if self.node_filter != "none" and self.prompted:
             raise ConfigError("--node-filter applies to a plain episodic model; a prompted model (--prompt / --adapt / "
                               "--backbone-from) deletes nodes with --prompt delete instead")

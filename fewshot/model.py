@@ -4,6 +4,8 @@ Glossary: S = way*shot support images, Q query images, C x H x W images, N nodes
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -25,22 +27,35 @@ class EpisodicModel(nn.Module):
         node_filter: ``"none"``, or ``"ink"``: delete the nodes whose image patch is blank background
             (:func:`models.ink_node_mask`) from the graph and from pooling. Node-level matchers still
             receive every node's features. Needs a backbone that takes ``node_mask`` (the ViGs).
+        support_views: ``V`` extra embeddings of every support image, each with a random subset of
+            ``view_keep`` of its nodes deleted from graph and pooling (the same subsets for the same
+            episode), scored as extra support items of the image's class. Needs a pooled matcher.
+        view_keep: fraction of nodes a view keeps (at least one).
     """
 
-    def __init__(self, backbone: nn.Module, matcher: matchers.Matcher, node_filter: str = "none"):
+    def __init__(self, backbone: nn.Module, matcher: matchers.Matcher, node_filter: str = "none",
+                 support_views: int = 0, view_keep: float = 0.75):
         super().__init__()
         if node_filter not in ("none", "ink"):
             raise ValueError(f"node_filter must be 'none' or 'ink', got {node_filter!r}")
-        if node_filter != "none" and not hasattr(getattr(backbone, "stem", None), "grid_size"):
-            raise ValueError(f"--node-filter {node_filter} needs a backbone with node masks (a ViG), "
+        if (node_filter != "none" or support_views) and not hasattr(getattr(backbone, "stem", None), "grid_size"):
+            raise ValueError(f"--node-filter / --support-views need a backbone with node masks (a ViG), "
                              f"not {type(backbone).__name__}")
+        if support_views and getattr(matcher, "input", "pooled") == "nodes":
+            raise ValueError("--support-views adds pooled embeddings of masked views; use a pooled matcher "
+                             "(prototype, knn), not a node-level one")
+        if isinstance(support_views, bool) or not isinstance(support_views, int) or support_views < 0:
+            raise ValueError(f"support_views must be an integer >= 0, got {support_views!r}")
+        if not 0 < view_keep <= 1:
+            raise ValueError(f"view_keep must be in (0, 1], got {view_keep!r}")
         self.backbone, self.matcher, self.node_filter = backbone, matcher, node_filter
+        self.support_views, self.view_keep = support_views, float(view_keep)
 
     @property
     def episode_independent(self) -> bool:
-        """True when an image's embedding does not depend on the episode (no support-generated prompt),
-        so evaluation may embed every image once and score episodes by indexing."""
-        return True
+        """True when an image's embedding does not depend on the episode (no support-generated prompt,
+        no support views), so evaluation may embed every image once and score episodes by indexing."""
+        return self.support_views == 0
 
     meta_learned = False
     """Only a meta-learned ``PromptedModel`` trains by ``meta_step`` instead of the episode's query loss."""
@@ -48,24 +63,48 @@ class EpisodicModel(nn.Module):
     def fit(self, train_images: torch.Tensor, seed: int = 0) -> None:
         """The hook run on the training images ``[N, C, H, W]`` before the first episode: nothing to fit here."""
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """images ``[B, C, H, W]`` (uint8 or float) -> ``[B, D]`` or ``[B, N, D]`` as the matcher wants."""
-        if self.node_filter == "none":
-            nodes = self.backbone.forward_features(to_input(images))
-            return nodes if getattr(self.matcher, "input", "pooled") == "nodes" else \
-                self.backbone.forward_head(nodes, pre_logits=True)
-        mask = models.ink_node_mask(images, self.backbone.stem.grid_size(tuple(images.shape[-2:])))
-        nodes = self.backbone.forward_features(to_input(images), node_mask=mask)
+    def _grid(self, images: torch.Tensor) -> tuple:
+        return tuple(self.backbone.stem.grid_size(tuple(images.shape[-2:])))
+
+    def embed(self, images: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """images ``[B, C, H, W]`` (uint8 or float) -> ``[B, D]`` or ``[B, N, D]`` as the matcher wants;
+        ``node_mask [B, N]`` (True = kept) deletes nodes on top of the node filter."""
+        if self.node_filter == "ink":
+            ink = models.ink_node_mask(images, self._grid(images))
+            node_mask = ink if node_mask is None else _keep_some(node_mask & ink, ink)
+        masked = {} if node_mask is None else {"node_mask": node_mask}  # Conv-4 takes no node_mask
+        nodes = self.backbone.forward_features(to_input(images), **masked)
         if getattr(self.matcher, "input", "pooled") == "nodes":
             return nodes
-        return self.backbone.forward_head(nodes, pre_logits=True, node_mask=mask)
+        return self.backbone.forward_head(nodes, pre_logits=True, **masked)
+
+    def view_masks(self, count: int, grid: tuple, device=None) -> torch.Tensor:
+        """``[support_views * count, h*w]`` bool: view ``v`` of image ``i`` (row ``v * count + i``) keeps
+        ``max(1, round(view_keep * h*w))`` nodes drawn uniformly, from a generator seeded with 0 (the same
+        episode always gets the same views)."""
+        n = grid[0] * grid[1]
+        keep = max(1, round(self.view_keep * n))
+        order = torch.rand(self.support_views * count, n, generator=torch.Generator().manual_seed(0)).argsort(-1)
+        mask = torch.zeros(self.support_views * count, n, dtype=torch.bool)
+        return mask.scatter_(1, order[:, :keep], True).to(device)
 
     def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor,
                 query_images: torch.Tensor) -> torch.Tensor:
         """support_images ``[S, C, H, W]``, support_labels ``[S]``, query_images ``[Q, C, H, W]`` -> logits ``[Q, way]``."""
         feats = self.embed(torch.cat([support_images, query_images]))
         n = support_images.shape[0]
-        return self.matcher(feats[:n].float(), support_labels, feats[n:].float())
+        support, labels = feats[:n], support_labels
+        if self.support_views:
+            views = self.embed(support_images.repeat(self.support_views, 1, 1, 1),
+                               node_mask=self.view_masks(n, self._grid(support_images), support_images.device))
+            support, labels = torch.cat([support, views]), support_labels.repeat(self.support_views + 1)
+        return self.matcher(support.float(), labels, feats[n:].float())
+
+
+def _keep_some(mask: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """``mask [B, N]``, with the rows that keep no node replaced by ``fallback``'s."""
+    empty = ~mask.any(dim=1, keepdim=True)
+    return torch.where(empty, fallback, mask)
 
 
 def count_parameters(module: nn.Module) -> dict:
@@ -98,4 +137,5 @@ def build_model(config, img_size: int, in_chans: int) -> nn.Module:
     if config.prompted:
         from .prompting import build_prompted_model  # imports the prompt families only when needed
         return build_prompted_model(config, backbone, matcher)
-    return EpisodicModel(backbone, matcher, node_filter=config.node_filter)
+    return EpisodicModel(backbone, matcher, node_filter=config.node_filter, support_views=config.support_views,
+                         view_keep=config.view_keep)

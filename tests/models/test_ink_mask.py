@@ -81,7 +81,7 @@ def test_a_backbone_without_node_masks_is_refused():
     import matchers
     import timm
     from fewshot.model import EpisodicModel
-    with pytest.raises(ValueError, match="needs a backbone with node masks"):
+    with pytest.raises(ValueError, match="need a backbone with node masks"):
         EpisodicModel(timm.create_model("conv4"), matchers.create("prototype"), node_filter="ink")
 
 
