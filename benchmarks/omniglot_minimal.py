@@ -84,12 +84,30 @@ def _run(cmd: list, log: Path) -> tuple:
     return json.loads(proc.stdout.strip().splitlines()[-1]), wall
 
 
+def _tracking(args) -> list:
+    if args.no_track:
+        return ["--no-track"]
+    return ["--experiment", args.experiment] + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])
+
+
 def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extra: list, args, log: Path) -> str:
-    """``fewshot eval`` of ``run_dir`` at ``way``/``shot`` on an ``episodes`` bank; returns the scores folder."""
-    track = ["--no-track"] if args.no_track else ["--experiment", args.experiment]
-    ev, _ = _run([*fewshot, "eval", "--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot),
-                  "--eval-episodes", str(episodes), *extra, *track, "--threads", str(args.threads),
-                  "--no-progress", "--json"], log)
+    """``fewshot eval`` of ``run_dir`` at ``way``/``shot`` on an ``episodes`` bank; returns the scores folder.
+
+    An evaluation already made by this script with the same arguments, of the same ``best.pt`` (its size and
+    modification time), is reused from ``<runs-dir>/eval_cache.json`` when its folder is still there: the
+    scores are a pure function of those, so a rerun after a new step does not score the old ones again."""
+    args_key = ["--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot), "--eval-episodes", str(episodes),
+                *extra]
+    best = run_dir / "best.pt"
+    key = json.dumps([args_key, best.stat().st_size, best.stat().st_mtime_ns] if best.exists() else args_key)
+    cache_file = Path(args.runs_dir) / "eval_cache.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    if key in cache and (Path(cache[key]) / "result.json").is_file():
+        return cache[key]
+    track = _tracking(args)
+    ev, _ = _run([*fewshot, "eval", *args_key, *track, "--threads", str(args.threads), "--no-progress", "--json"], log)
+    cache[key] = ev["eval_dir"]
+    cache_file.write_text(json.dumps(cache, indent=1))
     return ev["eval_dir"]
 
 
@@ -110,16 +128,17 @@ def run_step(step: dict, plan: dict, args, settings: list) -> dict:
     episodes = options.get("eval_episodes", 2000)
     fewshot = [sys.executable, "-m", "fewshot"]
     log = Path(args.runs_dir) / f"{step['name']}.log"
-    if step.get("eval_of"):
+    if step.get("eval_of"):  # ``settings:`` may narrow a costly scoring to some of the settings
         run_dir = Path(args.runs_dir) / step["eval_of"]
         extra = _flags(step.get("options", {}))
-        out = {"folders": {(w, s): _eval(fewshot, run_dir, w, s, episodes, extra, args, log) for w, s in settings},
+        mine = [x for x in settings if not step.get("settings") or f"{x[0]}w{x[1]}s" in step["settings"]]
+        out = {"folders": {(w, s): _eval(fewshot, run_dir, w, s, episodes, extra, args, log) for w, s in mine},
                "train_wall_s": 0.0, "command": shlex.join(["eval", "--run-dir", str(run_dir), *extra])}
         print(f"{step['name']}: scored {step['eval_of']} with {' '.join(extra)}", file=sys.stderr)
         return out
     run_dir = Path(args.runs_dir) / step["name"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    track = ["--no-track"] if args.no_track else ["--experiment", args.experiment]
+    track = _tracking(args)
     config = ["--config", step["config"]] if step.get("config") else []
     cmd = [*fewshot, "train", *config, *_flags(options), *track, "--threads", str(args.threads), "--no-progress",
            "--run-dir", str(run_dir), "--resume", "--json"]
@@ -137,10 +156,14 @@ def run_step(step: dict, plan: dict, args, settings: list) -> dict:
 
 
 def _cell(scores) -> str:
+    if scores is None:
+        return "not scored"
     return f"{100 * scores.mean:.2f} +- {100 * scores.ci95:.2f}"
 
 
 def _diff(a, b) -> str:
+    if a is None or b is None:
+        return "not scored"
     p = paired_test(a.accuracies, b.accuracies)
     return f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} (p={p['t_p']:.2g}, W p={p['wilcoxon_p']:.2g})"
 
@@ -159,21 +182,21 @@ def report(plan: dict, done: dict, settings: list, argv: list) -> str:
              ""]
     steps = [s for s in plan["steps"] if s["name"] in done]
     for w, s in settings:
-        banks = {scores[st["name"]][(w, s)].bank_id for st in steps}
-        episodes = {scores[st["name"]][(w, s)].accuracies.size for st in steps}
+        banks = {scores[st["name"]][(w, s)].bank_id for st in steps if (w, s) in scores[st["name"]]}
+        episodes = {scores[st["name"]][(w, s)].accuracies.size for st in steps if (w, s) in scores[st["name"]]}
         lines.append(f"- {w}-way {s}-shot: bank {', '.join(sorted(banks))}, {', '.join(map(str, sorted(episodes)))} "
                      "episodes, mean accuracy +- 95% CI (%)")
     lines += ["", "## Every step", "", "| step | what it changes | " + " | ".join(heads) + " | train wall s |",
               "|---|---|" + "---|" * len(heads) + "---|"]
     for st in steps:
-        cells = [_cell(scores[st["name"]][x]) for x in settings]
+        cells = [_cell(scores[st["name"]].get(x)) for x in settings]
         lines.append(f"| {st['name']} | {st.get('what', '')} | " + " | ".join(cells)
                      + f" | {done[st['name']]['train_wall_s']:.0f} |")
     lines += ["", "## Each lever against the step before it (paired, same episodes; points, t-test and Wilcoxon p)", "",
               "| step | vs | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
     for st in steps:
         if st.get("vs") in done:
-            cells = [_diff(scores[st["name"]][x], scores[st["vs"]][x]) for x in settings]
+            cells = [_diff(scores[st["name"]].get(x), scores[st["vs"]].get(x)) for x in settings]
             lines.append(f"| {st['name']} | {st['vs']} | " + " | ".join(cells) + " |")
     final = [n for n in plan.get("final", []) if n in done]
     if len(final) == 2:
@@ -205,6 +228,7 @@ def main(argv=None) -> int:
                    "(every setting, by fewshot eval)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--experiment", default="omniglot-minimal")
+    p.add_argument("--tracking-uri", help="MLflow store of the runs (default: fewshot's, ./mlruns)")
     p.add_argument("--no-track", action="store_true")
     p.add_argument("--smoke", action="store_true", help="a few glyphs episodes per step: checks the machinery")
     args = p.parse_args(argv)

@@ -1,5 +1,6 @@
 """benchmarks/omniglot_minimal.py --smoke: the ablation machinery end to end on glyphs, and a report
 whose every figure comes from the run folders it names."""
+import json
 import re
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def test_smoke_run_writes_a_report_of_paired_differences(tmp_path):
     # 5w5s on the 4-episode bank, then both settings on 6-episode banks for the final pair, and the cosine scoring
     # of conv4's weights at both settings in folders of their own
     assert len(list(runs.glob("conv4*/eval-best-*"))) == 2 + 4 + 2
+    assert len(json.loads((runs / "eval_cache.json").read_text())) == 8  # every evaluation, reusable by a rerun
     cosine = next(line for line in text.splitlines() if line.startswith("| conv4-cosine | conv4 |"))
     own = load_run(str(runs / "conv4"))
     other = load_run(str(next(p for p in (runs / "conv4").glob(f"eval-best-{own.bank_id}-*"))))
