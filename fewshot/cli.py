@@ -24,6 +24,8 @@ from pathlib import Path
 
 import click
 
+from .cli_options import parse_pairs
+
 from .config import COMPONENTS, Config, ConfigError, load_yaml, merge
 
 __all__ = ["main", "cli", "LazyChoice", "config_options", "build_config"]
@@ -100,17 +102,6 @@ _LISTINGS = {"episodes:list_datasets": "fewshot data list", "matchers:list_match
              "prompts:list_prompts": "fewshot prompts"}
 
 
-def _pairs(ctx, param, values):
-    """``("k=3", "solver=sinkhorn")`` -> ``{"k": "3", "solver": "sinkhorn"}``; None when none given."""
-    out = {}
-    for item in values or ():
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", ctx=ctx, param=param)
-        out[name.strip()] = value.strip()
-    return out or None
-
-
 def _scalar_type(annotation):
     """``Optional[int]`` -> int, ``str`` -> str, ...; the Python type the field holds."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -124,7 +115,7 @@ def _config_option(f: dataclasses.Field, annotation):
     text = meta.get("help", f"Config field {f.name}.")
     kind = meta.get("options_of")
     if kind:
-        return click.option(f"--{kind}-opt", f.name, multiple=True, metavar="NAME=VALUE", callback=_pairs, help=text)
+        return click.option(f"--{kind}-opt", f.name, multiple=True, metavar="NAME=VALUE", callback=parse_pairs, help=text)
     typ = _scalar_type(annotation)
     if typ is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None,

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from .cli_options import parse_pairs
+
 __all__ = ["transfer_cmd"]
 
 _ADAPT = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "add", "modify", "delete", "graph")
@@ -14,9 +16,7 @@ _ADAPT = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vg
 
 def _pairs(ctx, param, values):
     """``("k=3",)`` -> ``{"k": "3"}`` (``{}`` when none given), parsed as ``--matcher-opt`` is."""
-    from .cli import _pairs as parse
-
-    return parse(ctx, param, values) or {}
+    return parse_pairs(ctx, param, values) or {}
 
 
 @click.command("transfer")
