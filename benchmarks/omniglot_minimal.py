@@ -149,7 +149,8 @@ def run_step(step: dict, plan: dict, args, settings: list) -> dict:
         if (way, shot) != own:
             out["folders"][(way, shot)] = _eval(fewshot, run_dir, way, shot, episodes, [], args, log)
     if step["name"] in plan.get("final", []) and args.final_eval_episodes:  # the final pair: larger banks
-        out["final"] = {(w, s): _eval(fewshot, run_dir, w, s, args.final_eval_episodes, [], args, log)
+        seed = ["--bank-seed", str(args.final_bank_seed)]
+        out["final"] = {(w, s): _eval(fewshot, run_dir, w, s, args.final_eval_episodes, seed, args, log)
                         for w, s in settings}
     print(f"{step['name']}: trained/resumed in {wall:.0f} s", file=sys.stderr)
     return out
@@ -168,7 +169,7 @@ def _diff(a, b) -> str:
     return f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} (p={p['t_p']:.2g}, W p={p['wilcoxon_p']:.2g})"
 
 
-def report(plan: dict, done: dict, settings: list, argv: list) -> str:
+def report(plan: dict, done: dict, settings: list, argv: list, args) -> str:
     scores = {name: {s: load_run(folder) for s, folder in d["folders"].items()} for name, d in done.items()}
     final_scores = {name: {s: load_run(folder) for s, folder in d["final"].items()}
                     for name, d in done.items() if "final" in d}
@@ -203,7 +204,8 @@ def report(plan: dict, done: dict, settings: list, argv: list) -> str:
         a, b = final
         table = final_scores if len(final_scores) == 2 else scores
         size = {table[a][x].accuracies.size for x in settings}
-        lines += ["", f"## Final: {a} vs {b} ({', '.join(map(str, sorted(size)))}-episode banks, bank seed 0)", "",
+        seed = args.final_bank_seed if table is final_scores else 0
+        lines += ["", f"## Final: {a} vs {b} ({', '.join(map(str, sorted(size)))}-episode banks, bank seed {seed})", "",
                   "| setting | bank | " + a + " | " + b + " | difference (a - b) |", "|---|---|---|---|---|"]
         for x, head in zip(settings, heads):
             lines.append(f"| {head} | {table[a][x].bank_id} | {_cell(table[a][x])} | {_cell(table[b][x])} | "
@@ -226,6 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-episodes", type=int, help="override the bank size")
     p.add_argument("--final-eval-episodes", type=int, help="score the plan's final pair on banks of this size "
                    "(every setting, by fewshot eval)")
+    p.add_argument("--final-bank-seed", type=int, default=1, help="bank seed of the final pair's banks: other "
+                   "episodes than the ablation's (seed 0), on which the recipes were chosen")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--experiment", default="omniglot-minimal")
     p.add_argument("--tracking-uri", help="MLflow store of the runs (default: fewshot's, ./mlruns)")
@@ -239,7 +243,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown steps {sorted(unknown)}; the plan has {[s['name'] for s in plan['steps']]}")
     done = {s["name"]: run_step(s, plan, args, settings) for s in plan["steps"] if s["name"] in wanted}
-    text = report(plan, done, settings, argv)
+    text = report(plan, done, settings, argv, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

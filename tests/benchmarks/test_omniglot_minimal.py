@@ -50,7 +50,7 @@ def test_smoke_run_writes_a_report_of_paired_differences(tmp_path):
     other = load_run(str(next(p for p in (runs / "conv4").glob(f"eval-best-{own.bank_id}-*"))))
     p = paired_test(other.accuracies, own.accuracies)
     assert f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f}" in cosine
-    final = text[text.index("## Final: conv4-affine vs conv4 (6-episode banks"):]
+    final = text[text.index("## Final: conv4-affine vs conv4 (6-episode banks, bank seed 1)"):]
     for line in [l for l in final.splitlines() if l.startswith("| 5w")]:
         bank = line.split(" | ")[1]
         a, b = (load_run(str(next(runs.glob(f"{n}/eval-best-{bank}")))) for n in ("conv4-affine", "conv4"))
@@ -73,3 +73,23 @@ def test_a_plan_naming_an_unknown_step_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--plan", str(bad), "--out", str(tmp_path / "o.md")],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown step 'c'" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["omniglot-minimal.yaml", "omniglot-minimal-conv4.yaml"])
+def test_the_shipped_configs_load_and_train_a_few_episodes(tmp_path, name):
+    """As the README runs them, with the data swapped for glyphs and the schedule cut to seconds."""
+    from click.testing import CliRunner
+    from fewshot.cli import cli
+    from fewshot.config import Config, load_yaml, merge
+
+    path = ROOT / "benchmarks" / "configs" / name
+    config = merge(Config(), load_yaml(path))
+    assert config.dataset == "omniglot" and config.train_way == 20 and config.augment == "affine"
+    r = CliRunner().invoke(cli, ["train", "--config", str(path), "--dataset", "glyphs", "--episodes", "2",
+                                 "--eval-episodes", "4", "--val-episodes", "0", "--pretrain-epochs",
+                                 str(min(1, config.pretrain_epochs)), "--no-track", "--no-progress", "--threads", "1",
+                                 "--run-dir", str(tmp_path / "run"), "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["test_episodes"] == 4 and result["backbone"] == (config.backbone or "conv4")
