@@ -106,8 +106,11 @@ def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extr
         return cache[key]
     track = _tracking(args)
     ev, _ = _run([*fewshot, "eval", *args_key, *track, "--threads", str(args.threads), "--no-progress", "--json"], log)
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}  # another invocation may have added
     cache[key] = ev["eval_dir"]
-    cache_file.write_text(json.dumps(cache, indent=1))
+    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1))
+    os.replace(tmp, cache_file)  # atomic: a concurrent reader sees the old or the new file, never half of one
     return ev["eval_dir"]
 
 

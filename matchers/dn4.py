@@ -60,21 +60,29 @@ class DN4Matcher(Matcher):
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """support ``[S, N, D]``, support_labels ``[S]``, query ``[Q, M, D]`` -> logits ``[Q, way]``."""
         way = validate_node_episode(type(self).__name__, support, support_labels, query)
-        index = _class_node_index(support_labels, way, support.shape[1])  # [way, L], -1 = padding
-        k = int((index >= 0).sum(1).min())
-        if self.k > k:
-            raise ValueError(f"k={self.k} exceeds the {k} support nodes of the smallest class; use k <= {k}")
-        per_chunk = max(1, _CHUNK_ELEMENTS // (query.shape[1] * index.numel()))
-        scores = torch.cat([self._scores(part, support, index) for part in torch.split(query, per_chunk)])
+        counts = torch.bincount(support_labels.long(), minlength=way)
+        if self.k > int(counts.min()) * support.shape[1]:
+            limit = int(counts.min()) * support.shape[1]
+            raise ValueError(f"k={self.k} exceeds the {limit} support nodes of the smallest class; use k <= {limit}")
+        if bool((counts == counts[0]).all()):  # every class has the same shots: group them, no gather needed
+            support = support[torch.argsort(support_labels, stable=True)]
+            index = None
+        else:
+            index = _class_node_index(support_labels, way, support.shape[1])  # [way, L], -1 = padding
+        per_chunk = max(1, _CHUNK_ELEMENTS // (query.shape[1] * support.shape[0] * support.shape[1]))
+        scores = torch.cat([self._scores(part, support, index, way) for part in torch.split(query, per_chunk)])
         if self.reduce == "mean":
             scores = scores / query.shape[1]
         return scores / self.temperature
 
-    def _scores(self, query, support, index):
-        """query ``[q, M, D]`` -> image-to-class scores ``[q, way]``."""
+    def _scores(self, query, support, index, way):
+        """query ``[q, M, D]`` -> image-to-class scores ``[q, way]``; ``index`` None when ``support`` is grouped
+        by class in equal shares."""
         sim = node_cosine(query, support)  # [q, M, S*N]
-        per_class = sim[..., index.clamp_min(0)]  # [q, M, way, L]
-        per_class = per_class.masked_fill(index < 0, float("-inf"))
+        if index is None:
+            per_class = sim.unflatten(-1, (way, -1))  # [q, M, way, shot*N], a view
+        else:
+            per_class = sim[..., index.clamp_min(0)].masked_fill(index < 0, float("-inf"))  # [q, M, way, L]
         return per_class.topk(self.k, dim=-1).values.sum(-1).sum(1)  # [q, way]
 
 
