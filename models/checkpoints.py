@@ -24,7 +24,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +193,30 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
     _log.info("first convolution adapted from %d to %d input channels", weight.shape[1], in_chans)
     return adapt_input_conv(in_chans, weight)
+
+
+def map_official_state(state: StateDict, model: nn.Module,
+                       block_key: Callable[[str, torch.Tensor], Optional[Tuple[str, torch.Tensor]]]) -> StateDict:
+    """What the isotropic and pyramid filters share: ``block_key(key, value)`` maps a family's block keys
+    (None for any other key); the rest is the authors' head ``prediction.*`` -> ``head.*`` (dropped without a
+    classifier), ``pos_embed`` resized to the model's grid, the first stem convolution adapted to its input
+    channels, any other key unchanged (a strict load then names the unknown ones), and our final BatchNorm,
+    which their models lack, set to an eval-mode identity."""
+    out = {}
+    for key, value in state.items():
+        mapped = block_key(key, value)
+        if mapped is None and key.startswith("prediction."):
+            mapped = official_head_key(key, value, model)
+            if mapped is None:
+                continue
+        elif mapped is None and key == "pos_embed":
+            mapped = key, resize_pos_embed(value, model.grid_size)
+        elif mapped is None and key == "stem.convs.0.weight":
+            mapped = key, adapt_first_conv(value, model.stem.convs[0].in_channels)
+        out.update([mapped or (key, value)])
+    if isinstance(model.norm, nn.BatchNorm2d):
+        out.update(identity_batchnorm(model.norm, "norm."))
+    return out
 
 
 def check_fits(state: StateDict, model: nn.Module) -> Tuple[List[str], List[str], List[str]]:

@@ -419,8 +419,8 @@ def checkpoint_filter_fn(state_dict: dict, model: PyramidVisionGNN) -> dict:
     when our grid differs). Stem, position embedding (resized bilinearly), head and our final
     BatchNorm (an eval-mode identity) as for the isotropic ViG. Our own layout passes through.
     """
-    from .checkpoints import (adapt_first_conv, identity_batchnorm, is_official_layout, official_head_key,
-                              resize_pos_embed, split_official_block_key, strip_fewshot_prefix, unwrap_state_dict)
+    from .checkpoints import (is_official_layout, map_official_state, split_official_block_key, strip_fewshot_prefix,
+                              unwrap_state_dict)
 
     state, _ = unwrap_state_dict(state_dict)
     if not is_official_layout(state):
@@ -434,30 +434,19 @@ def checkpoint_filter_fn(state_dict: dict, model: PyramidVisionGNN) -> dict:
             units[j] = f"stages.{s}.blocks.{b}."
             j += 1
     own = model.state_dict()
-    out = {}
-    for key, value in state.items():
+
+    def block_key(key, value):
         block = split_official_block_key(key)
         if block is not None and block[0] in units:
             new = units[block[0]] + block[1]
             if new.endswith("relative_pos") and new in own and value.shape != own[new].shape:
                 value = F.interpolate(value[None], size=own[new].shape[-2:], mode="bicubic", align_corners=False)[0]
-            out[new] = value
-        elif key.startswith("backbone.") and ".conv." in key:
+            return new, value
+        if key.startswith("backbone.") and ".conv." in key:
             idx, rest = key[len("backbone."):].split(".conv.", 1)
-            out[units[int(idx)] + rest if int(idx) in units else key] = value
-        elif key.startswith("prediction."):
-            mapped = official_head_key(key, value, model)
-            if mapped is not None:
-                out[mapped[0]] = mapped[1]
-        elif key == "pos_embed":
-            out[key] = resize_pos_embed(value, model.grid_size)
-        elif key == "stem.convs.0.weight":
-            out[key] = adapt_first_conv(value, model.stem.convs[0].in_channels)
-        else:
-            out[key] = value
-    if isinstance(model.norm, nn.BatchNorm2d):
-        out.update(identity_batchnorm(model.norm, "norm."))
-    return out
+            return (units[int(idx)] + rest if int(idx) in units else key), value
+        return None
+    return map_official_state(state, model, block_key)
 
 
 def _create_pvig(variant: str, pretrained: bool = False, **kwargs) -> PyramidVisionGNN:

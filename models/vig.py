@@ -618,30 +618,17 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionGNN) -> dict:
     ``1 - eps``, weight 1, bias 0); ``pretrained=True`` builds the model without it. A state dict
     already in our layout (also under a ``backbone.`` prefix) passes through unchanged.
     """
-    from .checkpoints import (adapt_first_conv, identity_batchnorm, is_official_layout, official_head_key,
-                              resize_pos_embed, split_official_block_key, strip_fewshot_prefix, unwrap_state_dict)
+    from .checkpoints import is_official_layout, map_official_state, split_official_block_key, strip_fewshot_prefix, \
+        unwrap_state_dict
 
     state, _ = unwrap_state_dict(state_dict)
     if not is_official_layout(state):
         return strip_fewshot_prefix(state)
-    out = {}
-    for key, value in state.items():
+
+    def block_key(key, value):
         block = split_official_block_key(key)
-        if block is not None:
-            out[f"blocks.{block[0]}.{block[1]}"] = value
-        elif key.startswith("prediction."):
-            mapped = official_head_key(key, value, model)
-            if mapped is not None:
-                out[mapped[0]] = mapped[1]
-        elif key == "pos_embed":
-            out[key] = resize_pos_embed(value, model.grid_size)
-        elif key == "stem.convs.0.weight":
-            out[key] = adapt_first_conv(value, model.stem.convs[0].in_channels)
-        else:
-            out[key] = value  # stem.*, or an unknown key that the strict load then names
-    if isinstance(model.norm, nn.BatchNorm2d):
-        out.update(identity_batchnorm(model.norm, "norm."))
-    return out
+        return None if block is None else (f"blocks.{block[0]}.{block[1]}", value)
+    return map_official_state(state, model, block_key)
 
 
 def _create_vig(variant: str, pretrained: bool = False, **kwargs) -> VisionGNN:
