@@ -147,7 +147,7 @@ def run_step(step: dict, plan: dict, args, settings: list) -> dict:
            "--run-dir", str(run_dir), "--resume", "--json"]
     result, wall = _run(cmd, log)
     own = (result["test_way"], result["test_shot"])
-    out = {"folders": {own: str(run_dir)}, "train_wall_s": wall, "command": shlex.join(cmd[2:])}
+    out = {"folders": {own: str(run_dir)}, "train_wall_s": wall, "command": shlex.join(cmd[3:])}
     for way, shot in settings:
         if (way, shot) != own:
             out["folders"][(way, shot)] = _eval(fewshot, run_dir, way, shot, episodes, [], args, log)
@@ -190,7 +190,8 @@ def report(plan: dict, done: dict, settings: list, argv: list, args) -> str:
         episodes = {scores[st["name"]][(w, s)].accuracies.size for st in steps if (w, s) in scores[st["name"]]}
         lines.append(f"- {w}-way {s}-shot: bank {', '.join(sorted(banks))}, {', '.join(map(str, sorted(episodes)))} "
                      "episodes, mean accuracy +- 95% CI (%)")
-    lines += ["", "## Every step", "", "| step | what it changes | " + " | ".join(heads) + " | train wall s |",
+    wall = "train call s (a finished run is only re-scored)"
+    lines += ["", "## Every step", "", "| step | what it changes | " + " | ".join(heads) + f" | {wall} |",
               "|---|---|" + "---|" * len(heads) + "---|"]
     for st in steps:
         cells = [_cell(scores[st["name"]].get(x)) for x in settings]
