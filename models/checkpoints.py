@@ -347,12 +347,14 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, name: Optio
 def build_pretrained(model_cls, variant: str, filter_fn, **kwargs) -> nn.Module:
     """``build_model_with_cfg(..., pretrained=True)`` through ``filter_fn``, with one clear line for
     each failure: no network (naming the file to download and how to pass it), a missing,
-    truncated or unsafe file, weights that do not fit."""
+    truncated or unsafe file, weights that do not fit. The authors' models have no normalisation after
+    the last block, so the model is built without ours (``final_norm=False``) unless asked otherwise."""
     import urllib.error
 
     from timm.models import build_model_with_cfg
     from timm.models._registry import get_pretrained_cfg
 
+    kwargs.setdefault("final_norm", False)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     cfg = get_pretrained_cfg(variant)
     url = overlay.get("url", cfg.url if cfg is not None else "")

@@ -453,8 +453,7 @@ def _create_pvig(variant: str, pretrained: bool = False, **kwargs) -> PyramidVis
     if pretrained:
         from .checkpoints import build_pretrained
 
-        kwargs.setdefault("final_norm", False)  # the authors' model has no norm after the last stage
-        return build_pretrained(PyramidVisionGNN, variant, checkpoint_filter_fn, **kwargs)
+        return build_pretrained(PyramidVisionGNN, variant, checkpoint_filter_fn, **kwargs)  # without our final norm
     return build_model_with_cfg(PyramidVisionGNN, variant, pretrained, **kwargs)
 
 

