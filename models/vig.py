@@ -331,6 +331,44 @@ class Stem(nn.Module):
         return self.convs(x)
 
 
+class PoolStem(nn.Module):
+    """Conv-4-style stem: ``log2(stride)`` blocks of 3x3 conv - BatchNorm - activation - 2x2 max-pool
+    (``width`` channels each, as the first blocks of Conv-4), then a 3x3 conv - BatchNorm to D.
+
+    Conv-4 is the backbone to beat on small glyphs; its blocks keep full resolution until each pool
+    picks the strongest response, where :class:`Stem` subsamples with strided convolutions. This
+    stem gives the graph blocks Conv-4's intermediate feature map as nodes.
+
+    Args:
+        in_chans: image channels C.
+        embed_dim: output channels D.
+        stride: total stride, a power of two >= 2.
+        act_layer: activation class.
+        width: channels of the conv-pool blocks.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, stride: int = 4, act_layer: Type[nn.Module] = nn.GELU,
+                 width: int = 64):
+        super().__init__()
+        self.num_down = stride.bit_length() - 1
+        layers, c_in = [], in_chans
+        for _ in range(self.num_down):
+            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), act_layer(),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+            c_in = width
+        layers += [nn.Conv2d(width, embed_dim, 3, padding=1), nn.BatchNorm2d(embed_dim)]
+        self.convs = nn.Sequential(*layers)
+
+    grid_size = Stem.grid_size  # a ceil-mode pool maps s to ceil(s / 2), as a stride-2 conv does
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, C, H, W]`` -> ``[B, D, h, w]``."""
+        return self.convs(x)
+
+
+_STEMS = {"conv": Stem, "pool": PoolStem}
+
+
 class GraphClassifierMixin:
     """What the isotropic and the pyramid ViG share around the graph: the MLP head (``head_hidden``
     features, BatchNorm, activation, dropout; or one linear layer), weight initialisation, and timm's
@@ -406,6 +444,8 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
         block_norm: ``"batch"`` (the paper: BatchNorm in every block) or ``"layer"`` (LayerNorm over
             each node's features: no statistics shared across the images of an episode).
         final_norm: the extra normalisation (of ``block_norm``'s kind) after the last block.
+        stem_type: ``"conv"`` (the paper: strided 3x3 convolutions, :class:`Stem`) or ``"pool"``
+            (Conv-4-style conv-pool blocks, :class:`PoolStem`); the authors' checkpoints need ``"conv"``.
 
     Example:
         >>> model = VisionGNN(img_size=28, in_chans=1, num_classes=0, embed_dim=32, depth=2,
@@ -434,10 +474,13 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
             ffn_ratio: float = 4,
             block_norm: str = "batch",
             final_norm: bool = True,
+            stem_type: str = "conv",
     ):
         super().__init__()
         if block_norm not in _BLOCK_NORMS:
             raise ValueError(f"block_norm must be one of {', '.join(_BLOCK_NORMS)}, got {block_norm!r}")
+        if stem_type not in _STEMS:
+            raise ValueError(f"stem_type must be one of {', '.join(_STEMS)}, got {stem_type!r}")
         norm_layer = _BLOCK_NORMS[block_norm]
         img_size = tuple(to_2tuple(img_size))
         _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_dilation, stem_stride,
@@ -449,7 +492,7 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
         self.drop_rate = drop_rate
         self._act = act
 
-        self.stem = Stem(in_chans, embed_dim, stem_stride, act)
+        self.stem = _STEMS[stem_type](in_chans, embed_dim, stem_stride, act)
         self.grid_size = self.stem.grid_size(img_size)
         num_nodes = self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *self.grid_size))
@@ -673,6 +716,7 @@ default_cfgs = generate_default_cfgs({
     "vig_b_224_gelu": _cfg(url=_RELEASE + "vig_b_82.6.pth", mean=(0.5,) * 3, std=(0.5,) * 3),
     "vig_small_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_ln_28": _small_cfg(in_chans=1, img_size=28),
+    "vig_small_c4_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_84": _small_cfg(in_chans=3, img_size=84),
     "test_vig": _small_cfg(in_chans=1, img_size=28),
 })
@@ -715,6 +759,15 @@ def vig_small_ln_28(pretrained: bool = False, **kwargs) -> VisionGNN:
     model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
                       stem_stride=4, head_hidden=256, block_norm="layer")
     return _create_vig("vig_small_ln_28", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_small_c4_28(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """:func:`vig_small_ln_28` on a Conv-4-style stem (:class:`PoolStem`: two conv-BN-ReLU-max-pool
+    blocks of 64 channels, 28 -> 14 -> 7): the 49 nodes are Conv-4's second feature map."""
+    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
+                      stem_stride=4, head_hidden=256, block_norm="layer", stem_type="pool")
+    return _create_vig("vig_small_c4_28", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -8,11 +8,11 @@ import models
 from models.vig import VisionGNN, effective_knn
 
 FEWSHOT_BACKBONES = {"vig_ti_224_gelu", "vig_s_224_gelu", "vig_b_224_gelu",
-                     "vig_small_28", "vig_small_ln_28", "vig_small_84", "test_vig", "conv4",
+                     "vig_small_28", "vig_small_ln_28", "vig_small_c4_28", "vig_small_84", "test_vig", "conv4",
                      "pvig_ti_224_gelu", "pvig_s_224_gelu", "pvig_m_224_gelu", "pvig_b_224_gelu",
                      "pvig_small_28", "pvig_small_84", "test_pvig"}
 # Small enough to run forward and backward in the fast suite, with an input size each accepts.
-FAST_MODELS = {"test_vig": (1, 28), "vig_small_28": (1, 28), "vig_small_84": (3, 84), "conv4": (1, 28)}
+FAST_MODELS = {"test_vig": (1, 28), "vig_small_28": (1, 28), "vig_small_c4_28": (1, 28), "vig_small_84": (3, 84), "conv4": (1, 28)}
 PAPER_PARAMS = {"vig_ti_224_gelu": 7.1e6, "vig_s_224_gelu": 22.7e6, "vig_b_224_gelu": 86.8e6}
 
 
@@ -364,3 +364,31 @@ def test_vig_gradients_match_finite_differences(training):
     with torch.no_grad():
         fd = (f(x + 1e-6 * d) - f(x - 1e-6 * d)) / 2e-6
     assert (x.grad * d).sum().item() == pytest.approx(fd.item(), rel=1e-5)
+
+
+class TestPoolStem:
+    """stem_type="pool": Conv-4's conv-BN-act-max-pool blocks, then a conv to D."""
+
+    @pytest.mark.parametrize("size, grid", [(28, (7, 7)), (30, (8, 8)), (21, (6, 6))])
+    def test_grid_is_ceil_of_halvings_and_matches_the_output(self, size, grid):
+        model = VisionGNN(img_size=size, in_chans=1, num_classes=0, embed_dim=32, depth=1, num_knn=4,
+                          stem_stride=4, stem_type="pool").eval()
+        assert model.grid_size == grid
+        assert model.forward_features(images(2, 1, size)).shape == (2, grid[0] * grid[1], 32)
+
+    def test_each_node_is_the_max_of_its_conv_window(self):
+        """Against a plain reference: conv-BN-act, then the maximum over each 2x2 window."""
+        from models.vig import PoolStem
+        torch.manual_seed(0)
+        stem = PoolStem(1, 16, stride=2, width=8).eval()
+        x = images(1, 1, 6)
+        conv, norm, act = stem.convs[0], stem.convs[1], stem.convs[2]
+        a = act(norm(conv(x)))  # [1, 8, 6, 6]
+        pooled = torch.stack([torch.stack([a[..., 2 * i:2 * i + 2, 2 * j:2 * j + 2].amax((-2, -1))
+                                           for j in range(3)], -1) for i in range(3)], -2)
+        expected = stem.convs[5](stem.convs[4](pooled))
+        torch.testing.assert_close(stem(x), expected)
+
+    def test_unknown_stem_type_is_refused_with_the_choices(self):
+        with pytest.raises(ValueError, match="stem_type must be one of conv, pool"):
+            VisionGNN(img_size=28, in_chans=1, num_classes=0, embed_dim=32, depth=1, stem_type="maxpool")
