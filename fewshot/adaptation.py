@@ -185,12 +185,15 @@ class MetaTune(Tune):
 
 @register_adaptation("head")
 class Head(Tuned):
-    """Tuning of a copy of the backbone's last block and final norm (a baseline, ``--prompt none``)."""
+    """Tuning of a copy of the backbone's last block and final norm, if any (a baseline, ``--prompt none``):
+    the isotropic ViG's and Conv-4's ``blocks[-1]``, the pyramid ViG's ``stages[-1].blocks[-1]``."""
 
     bare_backbone = True
 
     def tunable(self, backbone, prompt):
-        return list(backbone.blocks[-1].parameters()) + list(backbone.norm.parameters())
+        blocks = backbone.stages[-1].blocks if hasattr(backbone, "stages") else backbone.blocks
+        norm = getattr(backbone, "norm", None)
+        return list(blocks[-1].parameters()) + (list(norm.parameters()) if norm is not None else [])
 
 
 @register_adaptation("full")

@@ -17,7 +17,7 @@ from .compare import write_scores
 from .distributed import is_main
 from .config import Config, ConfigError, merge
 from .evaluation import evaluate
-from .model import build_model, count_parameters, default_backbone
+from .model import build_model, count_parameters, default_backbone, episode_img_size
 from .tracking import make_tracker
 from .training import start_process
 
@@ -69,7 +69,7 @@ def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_f
                  progress: bool = True) -> dict:
     """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
     _, _, device = start_process(config)  # joins torchrun's process group when WORLD_SIZE > 1
-    splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
+    splits = load_splits(config.dataset, config.data_root, episode_img_size(config), cache=config.cache)
     test = splits.test
     if bank_file:
         bank = EpisodeBank.load(bank_file, test)

@@ -4,8 +4,10 @@ Glossary: S = way*shot support images, Q query images, C x H x W images, N nodes
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
+import timm
 import torch
 from torch import nn
 
@@ -13,7 +15,9 @@ import matchers
 import models
 from episodes import to_input
 
-__all__ = ["EpisodicModel", "build_model", "count_parameters", "to_input"]  # to_input: episodes' own, re-exported
+log = logging.getLogger(__name__)
+
+__all__ = ["EpisodicModel", "build_model", "count_parameters", "episode_img_size", "to_input"]  # to_input: episodes' own, re-exported
 
 
 class EpisodicModel(nn.Module):
@@ -123,6 +127,25 @@ def default_backbone(img_size: int) -> str:
     ``img_size`` is accepted so that a size-dependent default can come back without an API change.
     """
     return "conv4"
+
+
+def episode_img_size(config) -> Optional[int]:
+    """Side the episode images are resized to; None keeps the dataset's own.
+
+    ``--img-size`` when given. Otherwise a backbone loaded with ``--backbone-from`` whose released
+    weights expect a fixed input size (the authors' ImageNet ViGs: 224 px; their position embedding
+    and pyramid stages are made for it) gets images of that size, grayscale ones through the
+    first convolution summed over RGB. Our small variants have no release and keep the dataset's size.
+    """
+    if config.img_size or not config.backbone_from or not config.backbone:
+        return config.img_size
+    cfg = timm.models.get_pretrained_cfg(config.backbone) if timm.is_model(config.backbone) else None
+    if cfg is None or not cfg.url:
+        return None
+    size = int(cfg.input_size[-1])
+    log.info("episode images resized to %d px, the input size of %s's released weights (--img-size overrides)",
+             size, config.backbone)
+    return size
 
 
 def build_model(config, img_size: int, in_chans: int) -> nn.Module:

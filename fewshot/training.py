@@ -34,7 +34,7 @@ from .compare import write_scores
 from .config import Config, ConfigError
 from .distributed import is_main, setup
 from .evaluation import autocast_for, evaluate
-from .model import build_model, count_parameters, default_backbone
+from .model import build_model, count_parameters, default_backbone, episode_img_size
 from .pretraining import pretrain
 from .tracking import ending, make_tracker
 
@@ -97,7 +97,7 @@ def prepare(config: Config) -> Run:
     if world > 1 and config.pretrain_epochs:
         raise ConfigError("--pretrain-epochs under torchrun is not supported yet; run it in one process")
     info = dataset_info(config.dataset)
-    splits = load_splits(config.dataset, config.data_root, config.img_size, cache=config.cache)
+    splits = load_splits(config.dataset, config.data_root, episode_img_size(config), cache=config.cache)
     img_size = splits.train.image_shape[-1]
     in_chans = splits.train.image_shape[0]
     stream_seed = config.seed if rank == 0 else episode_seed(config.seed, 1_000_003 * rank)  # rank-seeded streams

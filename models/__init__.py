@@ -1,7 +1,8 @@
 """Backbones for few-shot learning, registered in timm on import.
 
 ``import models`` registers the isotropic Vision GNN family (``vig_ti_224_gelu``,
-``vig_s_224_gelu``, ``vig_b_224_gelu``, the small-image ``vig_small_28`` / ``vig_small_84`` and
+``vig_s_224_gelu``, ``vig_b_224_gelu``, the small-image ``vig_small_28`` / ``vig_small_ln_28`` /
+``vig_small_c4_28`` / ``vig_small_84`` and
 the tiny ``test_vig``), the pyramid ViG (``pvig_ti/s/m/b_224_gelu``, ``pvig_small_28`` /
 ``pvig_small_84``, ``test_pvig``) and the ``conv4`` baseline, so ``timm.create_model(name)`` builds them.
 

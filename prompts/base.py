@@ -94,13 +94,19 @@ class Prompt(nn.Module):
     fit_images: ClassVar[int] = 0
     """How many training images :meth:`fit` wants before training (0: the prompt fits nothing)."""
 
+    acts_on_graph: ClassVar[bool] = True
+    """False for ``none``, which runs on any backbone (Conv-4 and the pyramid ViG included)."""
+
     def __init__(self, backbone: nn.Module, blocks: BlocksSpec = "all"):
         super().__init__()
-        if not (hasattr(backbone, "embed_dim") and hasattr(backbone, "grid_size")
-                and all(hasattr(b, "grapher") for b in getattr(backbone, "blocks", [None]))):
-            raise ValueError(
-                f"prompts act on the graph of a ViG backbone; {type(backbone).__name__} has no Grapher blocks "
-                "(use --backbone vig_small_28, vig_small_84 or test_vig)")
+        if not is_isotropic_vig(backbone):
+            if self.acts_on_graph:
+                raise ValueError(
+                    f"prompts act on the graph of an isotropic ViG backbone; {type(backbone).__name__} has no "
+                    "Grapher blocks of its own (use --backbone vig_small_28, vig_small_ln_28, vig_small_84 or "
+                    "test_vig, or --prompt none)")
+            self.dim, self.depth, self.num_patch_nodes, self.blocks = int(backbone.num_features), 0, 0, ()
+            return
         self.dim = int(backbone.embed_dim)
         self.depth = len(backbone.blocks)
         self.num_patch_nodes = int(backbone.grid_size[0] * backbone.grid_size[1])
@@ -233,6 +239,22 @@ def list_prompts() -> list:
     return _REGISTRY.names()
 
 
+def is_isotropic_vig(backbone: nn.Module) -> bool:
+    """True when ``backbone`` has the graph prompts act on: ``embed_dim``, a node grid and Grapher ``blocks``."""
+    return (hasattr(backbone, "embed_dim") and hasattr(backbone, "grid_size") and hasattr(backbone, "blocks")
+            and all(hasattr(b, "grapher") for b in backbone.blocks))
+
+
 @register_prompt("none")
 class NoPrompt(Prompt):
-    """No prompt: the frozen backbone as it is (the 'none' row of the comparison)."""
+    """No prompt: the frozen backbone as it is (the 'none' row of the comparison), any backbone."""
+
+    acts_on_graph = False
+
+    def forward_nodes(self, backbone: nn.Module, images: torch.Tensor,
+                      node_mask: Optional[torch.Tensor] = None,
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The backbone's own ``forward_features``: ``(nodes [B, N, D], node_mask)``."""
+        if node_mask is None:
+            return backbone.forward_features(images), None
+        return super().forward_nodes(backbone, images, node_mask)

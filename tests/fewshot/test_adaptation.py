@@ -109,3 +109,17 @@ def test_tune_is_adam_on_a_copy_of_the_prompt_with_seeded_views():
     with torch.inference_mode():
         untuned = PromptedModel(bb, model.prompt, matcher).eval()(support, labels, query)
     assert not torch.allclose(logits, untuned)
+
+
+@pytest.mark.parametrize("name, last_block", [("test_pvig", lambda b: b.stages[-1].blocks[-1]),
+                                              ("conv4", lambda b: b.blocks[-1])])
+def test_head_tunes_the_last_block_of_a_pyramid_vig_and_of_conv4(name, last_block):
+    """The pyramid ViG keeps its blocks in stages; Conv-4 has no final norm."""
+    torch.manual_seed(0)
+    bb = freeze(models.create_backbone(name)).eval()
+    model = PromptedModel(bb, prompts.create("none", bb), matchers.create("prototype"), adapt="head", adapt_steps=1)
+    norm = list(bb.norm.parameters()) if hasattr(bb, "norm") else []
+    assert [id(p) for p in model.tunable(bb, model.prompt)] == [id(p) for p in list(last_block(bb).parameters()) + norm]
+    support, labels, query = _episode()
+    with torch.inference_mode():
+        assert model.eval()(support, labels, query).shape == (len(query), WAY)

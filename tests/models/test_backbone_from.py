@@ -1,6 +1,7 @@
 """``--backbone-from``: the authors' files and our own checkpoints load; bad files fail in one line."""
 import argparse
 import importlib.util
+import json
 import logging
 import pathlib
 
@@ -120,7 +121,45 @@ class TestCli:
     @pytest.mark.slow
     def test_the_authors_vig_ti_file_trains_on_grayscale_glyphs(self, tmp_path, caplog):
         torch.save(official_layout.make_state(official_layout.isotropic_shapes(192, 12)), tmp_path / "vig_ti_74.5.pth")
-        with caplog.at_level(logging.INFO, logger="models.checkpoints"):
+        with caplog.at_level(logging.INFO):
             r = train(tmp_path, "vig_ti_224_gelu", tmp_path / "vig_ti_74.5.pth")
         assert r.exit_code == 0, r.output
         assert "official layout" in caplog.text and "adapted from 3 to 1 input channels" in caplog.text
+        assert "episode images resized to 224 px" in caplog.text
+        assert "image (1, 224, 224)" in caplog.text  # the splits as loaded, not the glyphs' 28 px
+
+    @pytest.mark.slow
+    def test_the_authors_pvig_ti_file_runs_a_protonet_tuned_per_episode(self, tmp_path, caplog):
+        """Item 5 of the pyramid issue: their weights, episode images resized to 224 px, the frozen
+        backbone's last stage block tuned on each episode's support set (``--adapt head``)."""
+        state = official_layout.make_state(official_layout.pyramid_shapes((48, 96, 240, 384), (2, 2, 6, 2)))
+        torch.save({"state_dict": state}, tmp_path / "pvig_ti_78.5.pth.tar")
+        args = ["train", *TINY, "--backbone", "pvig_ti_224_gelu", "--run-dir", str(tmp_path / "run"),
+                "--backbone-from", str(tmp_path / "pvig_ti_78.5.pth.tar"), "--adapt", "head", "--adapt-steps", "1",
+                "--json"]
+        with caplog.at_level(logging.INFO):
+            r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+        assert "episode images resized to 224 px" in caplog.text and "image (1, 224, 224)" in caplog.text
+        result = json.loads(r.output[r.output.index("{"):])
+        assert result["trainable_params"] == 0 and result["frozen_params"] == 9_293_424  # PViG-Ti without its classifier
+        assert 0 <= result["test_acc"] <= 1 and result["test_episodes"] == 4
+
+
+class TestEpisodeImageSize:
+    """Episode images take the input size the loaded weights were released for."""
+
+    @pytest.mark.parametrize("backbone, backbone_from, img_size, expected", [
+        ("vig_ti_224_gelu", "vig_ti.pth", None, 224),     # the authors' weights: their input size
+        ("pvig_s_224_gelu", "pvig_s.pth.tar", None, 224),
+        ("vig_ti_224_gelu", "vig_ti.pth", 112, 112),      # --img-size wins
+        ("vig_ti_224_gelu", None, None, None),            # trained from scratch: the dataset's size
+        ("vig_small_28", "best.pt", None, None),          # our small variants have no release
+        (None, "best.pt", None, None),                    # the default backbone (Conv-4)
+    ])
+    def test_size(self, backbone, backbone_from, img_size, expected):
+        from fewshot.config import Config
+        from fewshot.model import episode_img_size
+
+        config = Config(dataset="glyphs", backbone=backbone, backbone_from=backbone_from, img_size=img_size)
+        assert episode_img_size(config) == expected

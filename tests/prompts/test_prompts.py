@@ -308,3 +308,16 @@ def test_tuning_does_not_change_the_stored_prompt_or_backbone(backbone, episode)
             model(support, labels, query)
     assert all(torch.equal(before[k], v) for k, v in prompt.state_dict().items())
     assert all(torch.equal(bb_before[k], v) for k, v in backbone.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["conv4", "test_pvig"])
+def test_none_runs_any_backbone_and_graph_prompts_refuse_one_without_graph_blocks(name):
+    """``none`` is the frozen backbone itself; a graph prompt names the ViGs it needs and ``--prompt none``."""
+    torch.manual_seed(0)
+    bb = freeze(models.create_backbone(name)).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(prompts.create("none", bb).embed(bb, x),
+                                   bb.forward_head(bb.forward_features(x), pre_logits=True))
+    with pytest.raises(ValueError, match=r"isotropic ViG backbone; .* --prompt none"):
+        prompts.create("vgp", bb)
