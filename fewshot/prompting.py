@@ -114,6 +114,10 @@ class PromptedModel(nn.Module):
         """support_images ``[S, C, H, W]``, support_labels ``[S]``, query_images ``[Q, C, H, W]`` -> logits ``[Q, way]``."""
         return self.adaptation.logits(self, support_images, support_labels, query_images)
 
+    def regulariser(self) -> torch.Tensor:
+        """The prompt's extra loss term of its last forward pass (0 for most prompts)."""
+        return self.prompt.regulariser()
+
     # ----- training hooks ---------------------------------------------------------------------
     def fit(self, train_images: torch.Tensor, seed: int = 0) -> None:
         """Before the first training episode: let the prompt fit what it learns from data rather than

@@ -165,6 +165,8 @@ def _episodic_step(run: Run, step: int):
     with autocast_for(run.device):
         logits = run.forward_model(s_img, s_lab, q_img)
     loss = F.cross_entropy(logits.float(), q_lab)
+    if hasattr(run.model, "regulariser"):  # a prompt's extra loss term (e.g. soft-delete's sparsity target)
+        loss = loss + run.model.regulariser().to(loss)
     loss.backward()
     return loss.detach(), (logits.argmax(-1) == q_lab).float().mean()
 
