@@ -60,6 +60,7 @@ METHODS = [
     ("add", "add", "amortised", {}, {}),
     ("modify", "modify", "amortised", {}, {}),
     ("delete", "delete", "amortised", {}, {}),
+    ("soft-delete", "soft-delete", "amortised", {}, {}),
     ("graph (all three)", "graph", "amortised", {}, {}),
     ("VPT deep", "vpt", "amortised", {}, {}),
     ("GPF", "gpf", "amortised", {}, {}),

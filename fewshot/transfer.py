@@ -58,7 +58,7 @@ __all__ = ["ADAPT_MODES", "BASELINE_MODES", "OPTIMIZERS", "TRANSFER_SOURCES", "T
 log = logging.getLogger(__name__)
 
 BASELINE_MODES = ("linear", "head", "full")
-PROMPT_MODES = ("vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "add", "modify", "delete", "graph")
+PROMPT_MODES = ("vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "add", "modify", "delete", "soft-delete", "graph")
 ADAPT_MODES = BASELINE_MODES + PROMPT_MODES
 OPTIMIZERS = ("adamw", "sgd")
 TRANSFER_SOURCES = ("vtab", "class-folders")
@@ -255,8 +255,7 @@ class TransferModel(nn.Module):
             if self._condition is None:
                 raise RuntimeError(f"prompt {self.prompt.name!r} is conditioned: call set_conditioning() first")
             self.prompt.set_episode(*self._condition)
-        nodes, mask = self.prompt.forward_nodes(self.backbone, x)
-        return self.backbone.forward_head(nodes, pre_logits=True, node_mask=mask)
+        return self.prompt.embed(self.backbone, x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images ``[B, C, H, W]`` (uint8, or float already scaled) -> logits ``[B, K]`` (float32)."""
