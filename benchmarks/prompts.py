@@ -125,7 +125,7 @@ def score(model: PromptedModel, test_set, bank, n: int):
     return accs, (time.perf_counter() - t0) / n
 
 
-def plot(rows, path: Path) -> None:
+def plot(rows, path: Path, dataset: str = "omniglot") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,7 +142,7 @@ def plot(rows, path: Path) -> None:
         ax.set_xlabel("trainable parameters (log; 1 = none)")
         ax.set_ylabel("accuracy % (+- 95% CI)")
         n = min(r["sub_episodes"] for r in rows if r["way"] == way)
-        ax.set_title(f"omniglot {way}-way 1-shot, first {n} bank episodes (o amortised, s tuned)", fontsize=9)
+        ax.set_title(f"{dataset} {way}-way 1-shot, first {n} bank episodes (o amortised, s tuned)", fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -179,7 +179,7 @@ def _key(row: dict) -> tuple:
 
 def _save(out: Path, runs: list, rows: list) -> None:
     _results.write_json(out / "results.json", runs, rows)
-    plot(rows, out / "accuracy_vs_params.png")
+    plot(rows, out / "accuracy_vs_params.png", runs[-1]["settings"]["dataset"] if runs else "omniglot")
     (out / "results.md").write_text(table(rows, runs) + "\n")
 
 
