@@ -615,7 +615,7 @@ def _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_
     if any(s < 1 for s in img_size):
         raise ValueError(f"img_size must be positive, got {img_size}")
     for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
-                             ("embed_dim", embed_dim, 1), ("depth", depth, 1), ("num_knn", num_knn, 1),
+                             ("embed_dim", embed_dim, 1), ("depth", depth, 0), ("num_knn", num_knn, 1),
                              ("head_hidden", head_hidden, 0)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -717,6 +717,7 @@ default_cfgs = generate_default_cfgs({
     "vig_small_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_ln_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_c4_28": _small_cfg(in_chans=1, img_size=28),
+    "vig_small_c4_nograph_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_84": _small_cfg(in_chans=3, img_size=84),
     "test_vig": _small_cfg(in_chans=1, img_size=28),
 })
@@ -768,6 +769,15 @@ def vig_small_c4_28(pretrained: bool = False, **kwargs) -> VisionGNN:
     model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
                       stem_stride=4, head_hidden=256, block_norm="layer", stem_type="pool")
     return _create_vig("vig_small_c4_28", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vig_small_c4_nograph_28(pretrained: bool = False, **kwargs) -> VisionGNN:
+    """:func:`vig_small_c4_28` without its graph blocks (depth 0): the Conv-4-style stem, position
+    embedding and final LayerNorm alone. The control that says what the Grapher blocks add."""
+    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=0, num_knn=9,
+                      stem_stride=4, head_hidden=256, block_norm="layer", stem_type="pool")
+    return _create_vig("vig_small_c4_nograph_28", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

@@ -8,7 +8,7 @@ import models
 from models.vig import VisionGNN, effective_knn
 
 FEWSHOT_BACKBONES = {"vig_ti_224_gelu", "vig_s_224_gelu", "vig_b_224_gelu",
-                     "vig_small_28", "vig_small_ln_28", "vig_small_c4_28", "vig_small_84", "test_vig", "conv4",
+                     "vig_small_28", "vig_small_ln_28", "vig_small_c4_28", "vig_small_c4_nograph_28", "vig_small_84", "test_vig", "conv4",
                      "pvig_ti_224_gelu", "pvig_s_224_gelu", "pvig_m_224_gelu", "pvig_b_224_gelu",
                      "pvig_small_28", "pvig_small_84", "test_pvig"}
 # Small enough to run forward and backward in the fast suite, with an input size each accepts.
@@ -153,7 +153,7 @@ class TestArchitecture:
     @pytest.mark.parametrize("kwargs, message", [
         (dict(stem_stride=6), "power of two"),
         (dict(embed_dim=30), "divisible by 8"),
-        (dict(depth=0), "depth"),
+        (dict(depth=-1), "depth"),
         (dict(num_knn=0), "num_knn"),
         (dict(max_dilation=0), "max_dilation"),
         (dict(drop_path_rate=1.5), "drop_path_rate"),
@@ -388,6 +388,14 @@ class TestPoolStem:
                                            for j in range(3)], -1) for i in range(3)], -2)
         expected = stem.convs[5](stem.convs[4](pooled))
         torch.testing.assert_close(stem(x), expected)
+
+    def test_the_no_graph_control_is_the_stem_alone(self):
+        """depth 0: nodes = LayerNorm(stem(x) + pos_embed), flattened."""
+        model = seeded_model("vig_small_c4_nograph_28").eval()
+        assert len(model.blocks) == 0
+        x = images(2, 1, 28)
+        expected = model.norm(model.stem(x) + model.pos_embed).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(model.forward_features(x), expected)
 
     def test_unknown_stem_type_is_refused_with_the_choices(self):
         with pytest.raises(ValueError, match="stem_type must be one of conv, pool"):
