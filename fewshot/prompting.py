@@ -13,7 +13,9 @@ Glossary: S support images, Q queries, C x H x W images, N0 patch nodes, D featu
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Sequence, Tuple
+import logging
+from pathlib import Path
+from typing import Callable, ContextManager, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,7 +28,9 @@ from prompts.views import augment
 
 from .adaptation import create_adaptation
 
-__all__ = ["PromptedModel", "augment", "freeze", "load_backbone", "build_prompted_model"]
+log = logging.getLogger(__name__)
+
+__all__ = ["PromptedModel", "augment", "freeze", "load_backbone", "backbone_source", "build_prompted_model"]
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -164,12 +168,29 @@ def load_backbone(backbone: nn.Module, path) -> nn.Module:
     return backbone
 
 
+def backbone_source(path) -> Optional[str]:
+    """The dataset of the fewshot run a ``--backbone-from`` file belongs to (its ``config.yaml`` beside
+    it, as in ``runs/<run>/best.pt``); None for a file without one (e.g. the authors' checkpoint)."""
+    import yaml
+
+    cfg = Path(path).expanduser().with_name("config.yaml")
+    try:
+        saved = yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved.get("dataset") if isinstance(saved, dict) else None
+
+
 def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> PromptedModel:
     """PromptedModel from the config: backbone loaded from ``config.backbone_from`` when given, frozen."""
     from .config import ConfigError
 
     if config.backbone_from:
         load_backbone(backbone, config.backbone_from)
+        source = backbone_source(config.backbone_from)
+        if source is not None and source != config.dataset:
+            log.info("cross-domain: the backbone was trained on %s (%s); the episodes come from %s",
+                     source, config.backbone_from, config.dataset)
     try:
         prompt = prompts.create(config.prompt, backbone, **config.component_options("prompt"))
         return PromptedModel(backbone, prompt, matcher, adapt=config.adapt, adapt_steps=config.adapt_steps,

@@ -124,6 +124,14 @@ def prepare(config: Config) -> Run:
                rank, world, train_model, create_augment(config.augment))
 
 
+def _backbone_source(config: Config) -> Optional[str]:
+    """The dataset ``--backbone-from``'s run was trained on (None: no such run, or no file)."""
+    if not config.backbone_from:
+        return None
+    from .prompting import backbone_source
+    return backbone_source(config.backbone_from)
+
+
 def _state(run: Run, opt, sched, step: int, best: dict, run_id: Optional[str]) -> dict:
     return {"model": run.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "step": step, "best": dict(best), "mlflow_run_id": run_id or "", "config_digest": run.config.digest(),
@@ -208,7 +216,8 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     tracker.start(run.run_dir.name, {**config.to_dict(), "backbone_resolved": run.backbone_name,
                                      "trainable_params": params["trainable"], "frozen_params": params["frozen"],
                                      "train_fingerprint": run.splits.train.fingerprint,
-                                     "test_bank_id": run.test_bank.bank_id, "world_size": run.world}, run_id=run_id,
+                                     "test_bank_id": run.test_bank.bank_id, "world_size": run.world,
+                                     "backbone_source_dataset": _backbone_source(config)}, run_id=run_id,
                   tags={"command": "train"})
     if run_id is None:
         tracker.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
