@@ -25,7 +25,7 @@ from prototypes import class_means
 
 from .base import Prompt, register_prompt
 
-__all__ = ["DeleteNodes", "block_masks", "topk_mask"]
+__all__ = ["DeleteNodes", "PrototypeRelevance", "block_masks", "topk_mask"]
 
 
 def topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -49,8 +49,29 @@ def block_masks(batch: int, grid: tuple, ratio: float, generator: torch.Generato
     return mask
 
 
+class PrototypeRelevance:
+    """Support-conditioned node relevance for a deletion prompt: a node's largest cosine similarity
+    to the episode's class prototypes (the mean of each class's support nodes). Used when the
+    prompt's ``conditioned`` is True."""
+
+    _prototypes = None  # [way, D], L2-normalised
+
+    def set_episode(self, support_nodes, support_labels):
+        if self.conditioned:
+            self._prototypes = F.normalize(class_means(support_nodes.mean(dim=1), support_labels), dim=-1)
+
+    def clear_episode(self):
+        self._prototypes = None
+
+    def relevance(self, nodes: torch.Tensor) -> torch.Tensor:
+        """``[B, N0, D]`` -> ``[B, N0]``."""
+        if self._prototypes is None:
+            raise RuntimeError(f"{self.name}: call set_episode(support_nodes, support_labels) before the forward pass")
+        return (F.normalize(nodes, dim=-1) @ self._prototypes.T).amax(dim=-1)
+
+
 @register_prompt("delete")
-class DeleteNodes(Prompt):
+class DeleteNodes(PrototypeRelevance, Prompt):
     """Keep the ``ceil(keep * N0)`` best-scoring patch nodes from the first prompted block on.
 
     Args:
@@ -80,22 +101,13 @@ class DeleteNodes(Prompt):
         self._keep_mask = None   # [B, N0] bool for the current forward pass
         self._ste = None         # [B, N0, 1] straight-through factor
 
-    def set_episode(self, support_nodes, support_labels):
-        if self.conditioned:
-            self._prototypes = F.normalize(class_means(support_nodes.mean(dim=1), support_labels), dim=-1)
-
-    def clear_episode(self):
-        self._prototypes = None
-
     def scores(self, nodes: torch.Tensor) -> torch.Tensor:
         """Unprompted output nodes ``[B, N0, D]`` -> scores ``[B, N0]`` (higher = keep)."""
         s = nodes.new_zeros(nodes.shape[:2])
         if self.scorer is not None:
             s = s + self.scorer(nodes).squeeze(-1)
         if self.conditioned:
-            if self._prototypes is None:
-                raise RuntimeError("delete: call set_episode(support_nodes, support_labels) before the forward pass")
-            s = s + (F.normalize(nodes, dim=-1) @ self._prototypes.T).amax(dim=-1)
+            s = s + self.relevance(nodes)
         return s
 
     def prepare(self, backbone, images: torch.Tensor, node_mask=None) -> None:

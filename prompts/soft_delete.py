@@ -20,12 +20,10 @@ an untrained prompt is nearly the identity.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from prototypes import class_means
-
 from .base import Prompt, register_prompt
+from .delete_nodes import PrototypeRelevance
 
 __all__ = ["SoftDeleteNodes"]
 
@@ -33,7 +31,7 @@ _START_LOGIT = 3.0
 
 
 @register_prompt("soft-delete")
-class SoftDeleteNodes(Prompt):
+class SoftDeleteNodes(PrototypeRelevance, Prompt):
     """Learned soft keep probabilities ``p [B, N0]`` on the patch nodes, with a sparsity target.
 
     Args:
@@ -61,20 +59,11 @@ class SoftDeleteNodes(Prompt):
         self._p = None      # [B, N0] keep probabilities of the current forward pass
         self._last_p = None  # the last pass's, for the regulariser
 
-    def set_episode(self, support_nodes, support_labels):
-        if self.conditioned:
-            self._prototypes = F.normalize(class_means(support_nodes.mean(dim=1), support_labels), dim=-1)
-
-    def clear_episode(self):
-        self._prototypes = None
-
     def keep_probability(self, nodes: torch.Tensor) -> torch.Tensor:
         """Unprompted output nodes ``[B, N0, D]`` -> keep probabilities ``[B, N0]``."""
         s = self.scorer(nodes).squeeze(-1)
         if self.conditioned:
-            if self._prototypes is None:
-                raise RuntimeError("soft-delete: call set_episode(support_nodes, support_labels) before the forward pass")
-            s = s + (F.normalize(nodes, dim=-1) @ self._prototypes.T).amax(dim=-1)
+            s = s + self.relevance(nodes)
         return torch.sigmoid(s)
 
     def forward_nodes(self, backbone, images, node_mask=None):

@@ -143,3 +143,24 @@ def test_episodic_training_adds_the_regulariser_to_the_loss(tmp_path):
             "--threads", "1", "--run-dir", str(tmp_path / "cli")]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
+
+
+def test_relevance_adds_the_largest_prototype_cosine_to_the_score(backbone):
+    """``relevance=True``: logit = MLP score + max_c cos(node, prototype_c), prototypes from the support nodes."""
+    import torch.nn.functional as F
+
+    prompt = prompts.create("soft-delete", backbone, relevance=True)
+    assert prompt.conditioned
+    x, support = images(3), images(4, seed=5)
+    with torch.no_grad():
+        nodes = backbone.forward_features(x)
+        with pytest.raises(RuntimeError, match="soft-delete: call set_episode"):
+            prompt.keep_probability(nodes)
+        labels = torch.tensor([0, 0, 1, 1])
+        prompt.set_episode(backbone.forward_features(support), labels)
+        pooled = backbone.forward_features(support).mean(1)
+        protos = F.normalize(torch.stack([pooled[labels == c].mean(0) for c in (0, 1)]), dim=-1)
+        cos = torch.tensor([[float(F.cosine_similarity(nodes[b, n][None], protos, dim=-1).max()) for n in range(49)]
+                            for b in range(3)])
+        expected = torch.sigmoid(prompt.scorer(nodes).squeeze(-1) + cos)
+        torch.testing.assert_close(prompt.keep_probability(nodes), expected)
