@@ -762,22 +762,22 @@ def vig_small_ln_28(pretrained: bool = False, **kwargs) -> VisionGNN:
     return _create_vig("vig_small_ln_28", pretrained, **dict(model_args, **kwargs))
 
 
+_SMALL_C4_28 = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
+                    stem_stride=4, head_hidden=256, block_norm="layer", stem_type="pool")
+
+
 @register_model
 def vig_small_c4_28(pretrained: bool = False, **kwargs) -> VisionGNN:
-    """:func:`vig_small_ln_28` on a Conv-4-style stem (:class:`PoolStem`: two conv-BN-ReLU-max-pool
+    """:func:`vig_small_ln_28` on a Conv-4-style stem (:class:`PoolStem`: two conv-BN-GELU-max-pool
     blocks of 64 channels, 28 -> 14 -> 7): the 49 nodes are Conv-4's second feature map."""
-    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=4, num_knn=9,
-                      stem_stride=4, head_hidden=256, block_norm="layer", stem_type="pool")
-    return _create_vig("vig_small_c4_28", pretrained, **dict(model_args, **kwargs))
+    return _create_vig("vig_small_c4_28", pretrained, **dict(_SMALL_C4_28, **kwargs))
 
 
 @register_model
 def vig_small_c4_nograph_28(pretrained: bool = False, **kwargs) -> VisionGNN:
     """:func:`vig_small_c4_28` without its graph blocks (depth 0): the Conv-4-style stem, position
     embedding and final LayerNorm alone. The control that says what the Grapher blocks add."""
-    model_args = dict(img_size=28, in_chans=1, num_classes=0, embed_dim=96, depth=0, num_knn=9,
-                      stem_stride=4, head_hidden=256, block_norm="layer", stem_type="pool")
-    return _create_vig("vig_small_c4_nograph_28", pretrained, **dict(model_args, **kwargs))
+    return _create_vig("vig_small_c4_nograph_28", pretrained, **dict(_SMALL_C4_28, depth=0, **kwargs))
 
 
 @register_model

@@ -97,7 +97,6 @@ class DeleteNodes(PrototypeRelevance, Prompt):
         self.conditioned = scorer != "learned"
         self.scorer = (nn.Sequential(nn.LayerNorm(self.dim), nn.Linear(self.dim, 32), nn.GELU(), nn.Linear(32, 1))
                        if scorer != "relevance" else None)
-        self._prototypes = None
         self._keep_mask = None   # [B, N0] bool for the current forward pass
         self._ste = None         # [B, N0, 1] straight-through factor
 

@@ -55,7 +55,6 @@ class SoftDeleteNodes(PrototypeRelevance, Prompt):
         self.scorer = nn.Sequential(nn.LayerNorm(self.dim), nn.Linear(self.dim, 32), nn.GELU(), nn.Linear(32, 1))
         nn.init.zeros_(self.scorer[-1].weight)
         nn.init.constant_(self.scorer[-1].bias, _START_LOGIT)
-        self._prototypes = None
         self._p = None      # [B, N0] keep probabilities of the current forward pass
         self._last_p = None  # the last pass's, for the regulariser
 
