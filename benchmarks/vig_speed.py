@@ -17,6 +17,10 @@ give the same logits (eval mode, float32, ``--check-tol`` relative) before anyth
 The small-image variants (``vig_small_28``, ``pvig_small_28``, ...) have no counterpart in the
 authors' code (it is fixed to 224x224 inputs), so they get our figures only.
 
+The table goes to ``--out`` (default ``benchmarks/results/vig_speed.md``) under a header that
+records the command, the commit and the machine; the rows, with every timed step, go to the JSON
+beside it. ``--smoke`` times ``test_vig`` for one step (seconds) into a temporary folder.
+
 Example:
     python benchmarks/vig_speed.py --official-dir /tmp/official/vig_pytorch --batch 8 --reps 3
 """
@@ -30,13 +34,17 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+
+import _results  # noqa: E402
 
 OFFICIAL = {"vig_ti_224_gelu", "vig_s_224_gelu", "vig_b_224_gelu", "pvig_ti_224_gelu", "pvig_s_224_gelu",
             "pvig_m_224_gelu", "pvig_b_224_gelu"}
@@ -216,12 +224,21 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--check-tol", type=float, default=1e-4)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--json", help="write the rows to this file")
+    p.add_argument("--out", default=None, help="Markdown file (default benchmarks/results/vig_speed.md; with --smoke "
+                                               "a temporary folder); the JSON rows go beside it")
+    p.add_argument("--smoke", action="store_true", help="seconds: test_vig, batch 2, one step, no memory")
     p.add_argument("--memory-child", nargs=2, metavar=("NAME", "WHICH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
         return memory_child(*args.memory_child, args.batch, args.official_dir)
+    if args.smoke:
+        args.models, args.batch, args.reps, args.no_memory = "test_vig", 2, 1, True
+    if args.out is None:
+        args.out = (Path(tempfile.mkdtemp(prefix="vig_speed-")) / "vig_speed.md" if args.smoke
+                    else REPO / "benchmarks/results/vig_speed.md")
+    run = _results.provenance(__file__, sys.argv[1:] if argv is None else argv, checkpoint=None,
+                              official_code=args.official_dir or "not given (our figures only)")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if any(n in OFFICIAL for n in names) and not args.official_dir:
         sys.exit("error: --official-dir is needed to compare against the authors' code "
@@ -240,25 +257,41 @@ def main(argv=None):
                 times[k].append(timed(lambda: step(m, x), args.device))
         row = {"model": name, "batch": args.batch, "device": args.device, "threads": args.threads,
                "same_logits_rel": rel, "ours_s": statistics.median(times["ours"]),
-               "knn_share": knn_share(ours, x)}
+               "knn_share": knn_share(ours, x), "ours_steps_s": times["ours"]}
         if theirs is not None:
             row["theirs_s"] = statistics.median(times["theirs"])
+            row["theirs_steps_s"] = times["theirs"]
             row["speedup"] = row["theirs_s"] / row["ours_s"]
         if not args.no_memory:
             row["ours_mib"] = peak_memory(name, "ours", args)
             if theirs is not None:
                 row["theirs_mib"] = peak_memory(name, "theirs", args)
         rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
-    print(f"| model | batch | ours s/step | theirs s/step | speed-up | k-NN share (ours) | ours MiB | theirs MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("_steps_s")}), file=sys.stderr)
+    text = markdown(run, rows, args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    _results.write_json(out.with_suffix(".json"), [run], rows)
+    print(text)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def markdown(run: dict, rows: list, args) -> str:
+    lines = _results.markdown_header("ViG training step: ours against the authors' code", [run])
+    lines += [f"Training step (forward, `logits.square().mean()`, backward; train mode) on a batch of "
+              f"{args.batch}, {args.device}, {args.threads} thread(s): median of {args.reps} steps after a warm-up, "
+              "ours and theirs interleaved step by step, the same random weights (checked equal in float64 "
+              "before timing: `same logits`).", "",
+              "| model | batch | ours s/step | theirs s/step | speed-up | same logits (rel.) | k-NN share (ours) "
+              "| ours MiB | theirs MiB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = lambda k, fmt: (fmt.format(r[k]) if r.get(k) is not None else "-")  # noqa: E731
-        print(f"| {r['model']} | {r['batch']} | {f('ours_s', '{:.3f}')} | {f('theirs_s', '{:.3f}')} | "
-              f"{f('speedup', '{:.2f}x')} | {f('knn_share', '{:.0%}')} | {f('ours_mib', '{:.0f}')} | "
-              f"{f('theirs_mib', '{:.0f}')} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        lines.append(f"| {r['model']} | {r['batch']} | {f('ours_s', '{:.3f}')} | {f('theirs_s', '{:.3f}')} | "
+                     f"{f('speedup', '{:.2f}x')} | {f('same_logits_rel', '{:.1e}')} | {f('knn_share', '{:.0%}')} | "
+                     f"{f('ours_mib', '{:.0f}')} | {f('theirs_mib', '{:.0f}')} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

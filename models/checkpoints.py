@@ -214,7 +214,7 @@ def map_official_state(state: StateDict, model: nn.Module,
         elif mapped is None and key == "stem.convs.0.weight":
             mapped = key, adapt_first_conv(value, model.stem.convs[0].in_channels)
         out.update([mapped or (key, value)])
-    if isinstance(model.norm, nn.BatchNorm2d):
+    if isinstance(model.norm, nn.modules.batchnorm._BatchNorm):
         out.update(identity_batchnorm(model.norm, "norm."))
     return out
 

@@ -42,9 +42,9 @@ from torch import nn
 from timm.layers import DropPath, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .layers import check_node_mask, masked_mean
+from .layers import NodeBatchNorm, check_node_mask, masked_mean
 from .vig import (FFN, BlockHook, GraphClassifierMixin, GraphHook, Grapher, LayerType, Stem, _apply_hook,
-                  _resolve_act, conv_to_nodes, effective_knn, nodes_to_conv)
+                  _resolve_act, effective_knn)
 
 __all__ = ["PyramidVisionGNN", "PyramidGrapher", "PyramidBlock", "relative_position", "knn_to_keys"]
 
@@ -195,8 +195,7 @@ class PyramidGrapher(Grapher):
         relative = keys[batch, neighbours].max(dim=2).values - h  # [B, N, D]; see vig.MaxRelativeGraphConv
         z = torch.stack([h, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved as in MaxRelativeGraphConv
         gc = self.graph_conv
-        z = self.fc_out(gc.act(gc.norm(gc.conv(nodes_to_conv(z)))))
-        return x + self.drop_path(conv_to_nodes(z))
+        return x + self.drop_path(self.fc_out(gc.act(gc.norm(gc.conv(z)))))
 
 
 class PyramidBlock(nn.Module):
@@ -309,7 +308,7 @@ class PyramidVisionGNN(GraphClassifierMixin, nn.Module):
                 idx += 1
             stages.append(PyramidStage(channels[s - 1] if s else dim, dim, s > 0, blocks))
         self.stages = nn.ModuleList(stages)
-        self.norm = nn.BatchNorm2d(channels[-1]) if final_norm else nn.Identity()
+        self.norm = NodeBatchNorm(channels[-1]) if final_norm else nn.Identity()
         self.head = self._make_head(num_classes)
         self.init_weights()
 
@@ -355,7 +354,7 @@ class PyramidVisionGNN(GraphClassifierMixin, nn.Module):
                     x, node_mask = _apply_hook(block_hook, idx, x, node_mask)
                 x = block(x, hw, node_mask, None if graph_hook is None else functools.partial(graph_hook, idx))
                 idx += 1
-        x = conv_to_nodes(self.norm(nodes_to_conv(x)))
+        x = self.norm(x)
         return (x, node_mask) if return_mask else x
 
     @staticmethod

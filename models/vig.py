@@ -19,8 +19,9 @@ through ``forward_features(..., node_mask=..., block_hook=...)``.
 
 Glossary: B batch, C image channels, H x W image, h x w node grid after the stem,
 N nodes (h*w plus any prompt nodes), D embed dim, k neighbours per node, d dilation.
-Blocks speak ``[B, N, D]``; inside, 1x1 convolutions and BatchNorm2d see ``[B, D, N, 1]``
-through the one pair of helpers ``nodes_to_conv`` / ``conv_to_nodes``.
+Blocks speak ``[B, N, D]`` throughout: their 1x1 convolutions and BatchNorms are node layers
+(``models.layers.NodeConv`` / ``NodeBatchNorm``) with the parameter layout of ``nn.Conv2d`` /
+``nn.BatchNorm2d``, so the authors' weights load as they are. Only the stem speaks ``[B, D, h, w]``.
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, get_act_layer, to_2tuple, trunc_normal_
+from timm.layers import DropPath, LayerNorm, get_act_layer, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .layers import check_node_mask, masked_mean
+from .layers import ContiguousGrad, NodeBatchNorm, NodeConv, check_node_mask, masked_mean
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "MaxRelativeGraphConv", "Stem",
-    "knn_graph", "effective_knn", "nodes_to_conv", "conv_to_nodes", "BlockHook", "GraphHook", "GraphClassifierMixin",
+    "knn_graph", "effective_knn", "BlockHook", "GraphHook", "GraphClassifierMixin",
 ]
 
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -50,37 +51,8 @@ GraphHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 LayerType = Union[str, Type[nn.Module]]
 
-_BLOCK_NORMS = {"batch": nn.BatchNorm2d, "layer": LayerNorm2d}
-"""Normalisations over the channels of ``[B, D, N, 1]`` that ``VisionGNN(block_norm=...)`` names."""
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous.
-
-    On torch 2.14.1 (CPU), BatchNorm2d's backward gives wrong input gradients when its input or
-    its output gradient is a strided view such as ``[B, N, D] -> [B, D, N, 1]`` by transpose
-    (``torch.autograd.gradcheck`` fails; it passes with contiguous tensors). Before this guard,
-    every ViG here trained with silently wrong gradients; see
-    ``tests/models/test_vig.py::test_vig_gradients_match_finite_differences``.
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
-def nodes_to_conv(x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, D]`` -> ``[B, D, N, 1]`` (contiguous), the layout of 1x1 convolutions and BatchNorm2d."""
-    return x.transpose(1, 2).unsqueeze(-1).contiguous()
-
-
-def conv_to_nodes(x: torch.Tensor) -> torch.Tensor:
-    """``[B, D, N, 1]`` -> ``[B, N, D]``, the inverse of :func:`nodes_to_conv`."""
-    return _ContiguousGrad.apply(x).squeeze(-1).transpose(1, 2)
+_BLOCK_NORMS = {"batch": NodeBatchNorm, "layer": LayerNorm}
+"""Normalisations over the features of ``[B, N, D]`` that ``VisionGNN(block_norm=...)`` names."""
 
 
 def _resolve_act(act_layer: LayerType) -> Type[nn.Module]:
@@ -146,7 +118,7 @@ def knn_graph(
 class MaxRelativeGraphConv(nn.Module):
     """Max-relative graph convolution (Li et al., DeepGCNs, as used in ViG).
 
-    For node i: ``[x_i, max_{j in N(i)} (x_j - x_i)]`` -> grouped 1x1 conv -> BN -> act. The two
+    For node i: ``[x_i, max_{j in N(i)} (x_j - x_i)]`` -> grouped 1x1 conv -> norm -> act. The two
     halves are interleaved channel by channel so each conv group sees a node's features together
     with their relative maxima.
 
@@ -158,22 +130,22 @@ class MaxRelativeGraphConv(nn.Module):
     """
 
     def __init__(self, dim: int, out_dim: int, act_layer: Type[nn.Module] = nn.GELU, groups: int = 4,
-                 norm_layer: Type[nn.Module] = nn.BatchNorm2d):
+                 norm_layer: Type[nn.Module] = NodeBatchNorm):
         super().__init__()
         if (2 * dim) % groups or out_dim % groups:
             raise ValueError(f"2*dim ({2 * dim}) and out_dim ({out_dim}) must be divisible by groups ({groups})")
-        self.conv = nn.Conv2d(2 * dim, out_dim, 1, groups=groups)
+        self.conv = NodeConv(2 * dim, out_dim, groups)
         self.norm = norm_layer(out_dim)
         self.act = act_layer()
 
     def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-        """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` -> ``[B, out_dim, N, 1]``."""
+        """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` -> ``[B, N, out_dim]``."""
         batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
         # max_j (x_j - x_i) = max_j x_j - x_i, bit for bit (rounding x_j - x_i is monotone in x_j); max() with
         # indices backpropagates by one scatter, where amax()'s backward builds tie masks (2x the step's time)
         relative = x[batch, neighbours].max(dim=2).values - x  # [B, N, D]
         x = torch.stack([x, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved
-        return self.act(self.norm(self.conv(nodes_to_conv(x))))
+        return self.act(self.norm(self.conv(x)))
 
 
 class Grapher(nn.Module):
@@ -186,7 +158,7 @@ class Grapher(nn.Module):
         act_layer: activation class of the graph convolution.
         drop_path: stochastic depth rate of the residual branch.
         groups: groups of the graph convolution's 1x1 conv.
-        norm_layer: normalisation over channels of ``[B, D, N, 1]`` (BatchNorm2d, or LayerNorm2d).
+        norm_layer: normalisation over the features of ``[B, N, D]`` (NodeBatchNorm, or LayerNorm).
     """
 
     def __init__(
@@ -197,18 +169,18 @@ class Grapher(nn.Module):
             act_layer: Type[nn.Module] = nn.GELU,
             drop_path: float = 0.,
             groups: int = 4,
-            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            norm_layer: Type[nn.Module] = NodeBatchNorm,
     ):
         super().__init__()
         self.num_knn = num_knn
         self.dilation = dilation
-        self.fc_in = nn.Sequential(nn.Conv2d(dim, dim, 1), norm_layer(dim))
+        self.fc_in = nn.Sequential(NodeConv(dim, dim), norm_layer(dim))
         self.graph_conv = MaxRelativeGraphConv(dim, 2 * dim, act_layer, groups, norm_layer)
-        self.fc_out = nn.Sequential(nn.Conv2d(2 * dim, dim, 1), norm_layer(dim))
+        self.fc_out = nn.Sequential(NodeConv(2 * dim, dim), norm_layer(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_to_nodes(self.fc_in(nodes_to_conv(x)))
+        return self.fc_in(x)
 
     def neighbours(self, x: torch.Tensor, node_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The graph this block builds for its input (use eval mode: fc_in holds a BatchNorm).
@@ -235,8 +207,7 @@ class Grapher(nn.Module):
         neighbours = knn_graph(h, self.num_knn, self.dilation, node_mask)
         if graph_hook is not None:
             h = graph_hook(h, neighbours)
-        h = self.fc_out(self.graph_conv(h, neighbours))
-        return x + self.drop_path(conv_to_nodes(h))
+        return x + self.drop_path(self.fc_out(self.graph_conv(h, neighbours)))
 
 
 class FFN(nn.Module):
@@ -250,17 +221,16 @@ class FFN(nn.Module):
     """
 
     def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU, drop_path: float = 0.,
-                 norm_layer: Type[nn.Module] = nn.BatchNorm2d):
+                 norm_layer: Type[nn.Module] = NodeBatchNorm):
         super().__init__()
-        self.fc1 = nn.Sequential(nn.Conv2d(dim, hidden_dim, 1), norm_layer(hidden_dim))
+        self.fc1 = nn.Sequential(NodeConv(dim, hidden_dim), norm_layer(hidden_dim))
         self.act = act_layer()
-        self.fc2 = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1), norm_layer(dim))
+        self.fc2 = nn.Sequential(NodeConv(hidden_dim, dim), norm_layer(dim))
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, N, D]`` -> ``[B, N, D]``."""
-        h = self.fc2(self.act(self.fc1(nodes_to_conv(x))))
-        return x + self.drop_path(conv_to_nodes(h))
+        return x + self.drop_path(self.fc2(self.act(self.fc1(x))))
 
 
 class ViGBlock(nn.Module):
@@ -284,7 +254,7 @@ class ViGBlock(nn.Module):
             ffn_hidden: int,
             act_layer: Type[nn.Module] = nn.GELU,
             drop_path: float = 0.,
-            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            norm_layer: Type[nn.Module] = NodeBatchNorm,
     ):
         super().__init__()
         self.grapher = Grapher(dim, num_knn, dilation, act_layer, drop_path, norm_layer=norm_layer)
@@ -562,7 +532,7 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
                     node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
                 x, node_mask = _apply_hook(block_hook, i, x, node_mask)
             x = block(x, node_mask, None if graph_hook is None else functools.partial(graph_hook, i))
-        x = conv_to_nodes(self.norm(nodes_to_conv(x)))
+        x = self.norm(x)
         return (x, node_mask) if return_mask else x
 
     def forward_head(

@@ -349,7 +349,7 @@ def test_imagenet_variants_run_forward_at_224(name):
 def test_vig_gradients_match_finite_differences(training):
     """Backprop through the whole ViG equals a central finite difference (float64, every node a
     neighbour so the graph cannot change). Guards against torch's BatchNorm2d backward bug on
-    strided views (see ``models.vig._ContiguousGrad``)."""
+    strided views (see ``models.layers.ContiguousGrad``)."""
     torch.manual_seed(0)
     m = models.create_backbone("test_vig", img_size=28, in_chans=1).double().train(training)
     for block in m.blocks:
@@ -390,11 +390,11 @@ class TestPoolStem:
         torch.testing.assert_close(stem(x), expected)
 
     def test_the_no_graph_control_is_the_stem_alone(self):
-        """depth 0: nodes = LayerNorm(stem(x) + pos_embed), flattened."""
+        """depth 0: nodes = LayerNorm(flattened stem(x) + pos_embed)."""
         model = seeded_model("vig_small_c4_nograph_28").eval()
         assert len(model.blocks) == 0
         x = images(2, 1, 28)
-        expected = model.norm(model.stem(x) + model.pos_embed).flatten(2).transpose(1, 2)
+        expected = model.norm((model.stem(x) + model.pos_embed).flatten(2).transpose(1, 2))
         torch.testing.assert_close(model.forward_features(x), expected)
 
     def test_unknown_stem_type_is_refused_with_the_choices(self):
