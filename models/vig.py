@@ -36,7 +36,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm, get_act_layer, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .layers import ContiguousGrad, NodeBatchNorm, NodeConv, check_node_mask, masked_mean
+from .layers import NodeBatchNorm, NodeConv, check_node_mask, masked_mean
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "MaxRelativeGraphConv", "Stem",
