@@ -40,7 +40,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # after the repository: benchmarks/ holds scripts named
+# like our packages (matchers.py, prompts.py)
 
 import torch  # noqa: E402
 

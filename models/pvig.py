@@ -191,11 +191,7 @@ class PyramidGrapher(Grapher):
             h = graph_hook(h, neighbours)
             if keys.shape[1] == h.shape[1] and self.reduce_ratio == 1:
                 keys = h
-        batch = torch.arange(h.shape[0], device=h.device)[:, None, None]
-        relative = keys[batch, neighbours].max(dim=2).values - h  # [B, N, D]; see vig.MaxRelativeGraphConv
-        z = torch.stack([h, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved as in MaxRelativeGraphConv
-        gc = self.graph_conv
-        return x + self.drop_path(self.fc_out(gc.act(gc.norm(gc.conv(z)))))
+        return x + self.drop_path(self.fc_out(self.graph_conv(h, neighbours, keys)))
 
 
 class PyramidBlock(nn.Module):

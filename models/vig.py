@@ -138,12 +138,14 @@ class MaxRelativeGraphConv(nn.Module):
         self.norm = norm_layer(out_dim)
         self.act = act_layer()
 
-    def forward(self, x: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-        """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` -> ``[B, N, out_dim]``."""
+    def forward(self, x: torch.Tensor, neighbours: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` indices into ``keys: [B, M, D]`` (default: x itself)
+        -> ``[B, N, out_dim]``."""
+        keys = x if keys is None else keys
         batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
         # max_j (x_j - x_i) = max_j x_j - x_i, bit for bit (rounding x_j - x_i is monotone in x_j); max() with
         # indices backpropagates by one scatter, where amax()'s backward builds tie masks (2x the step's time)
-        relative = x[batch, neighbours].max(dim=2).values - x  # [B, N, D]
+        relative = keys[batch, neighbours].max(dim=2).values - x  # [B, N, D]
         x = torch.stack([x, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved
         return self.act(self.norm(self.conv(x)))
 
@@ -747,7 +749,7 @@ def vig_small_c4_28(pretrained: bool = False, **kwargs) -> VisionGNN:
 def vig_small_c4_nograph_28(pretrained: bool = False, **kwargs) -> VisionGNN:
     """:func:`vig_small_c4_28` without its graph blocks (depth 0): the Conv-4-style stem, position
     embedding and final LayerNorm alone. The control that says what the Grapher blocks add."""
-    return _create_vig("vig_small_c4_nograph_28", pretrained, **dict(_SMALL_C4_28, depth=0, **kwargs))
+    return _create_vig("vig_small_c4_nograph_28", pretrained, **dict(_SMALL_C4_28, **{"depth": 0, **kwargs}))
 
 
 @register_model
