@@ -2,7 +2,7 @@
 
 Every results script in ``benchmarks/`` writes its file through this module, so that the file is
 the whole, untouched output of the runs it names: each run's exact command (``sys.argv``), the
-git commit (``git describe --always --dirty``), the date, the machine and, where a trained
+git commit (:func:`commit`), the date, the machine and, where a trained
 backbone was used, its checkpoint (path, sha256 fingerprint, step and validation accuracy as
 stored in it). Paired differences always come from :func:`fewshot.compare.paired_test`.
 
@@ -34,14 +34,29 @@ HEADER_MARK = "Untouched output of"
 """Every header says this; tests look for it."""
 
 
-def commit() -> str:
-    """``git describe --always --dirty`` of the repository, or ``unknown`` outside a checkout."""
+def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
+    """The short commit hash of the repository, with ``-dirty`` when a tracked file differs from it
+    (untracked files do not count, as with ``git describe --dirty``); ``unknown`` outside a checkout.
+
+    Changes to ``outputs`` (the files or folders the script is about to write) do not count either:
+    an ``--append`` run finds its own results file modified by the earlier runs of the same table,
+    which say so themselves, and that is not a change to the code that runs."""
+    git = ["git", "-C", str(root)]
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=30).stdout.strip()
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        excluded = []
+        for path in outputs:
+            path = Path(path).resolve()
+            if path.is_relative_to(root.resolve()):
+                excluded.append(f":(exclude){path.relative_to(root.resolve()).as_posix()}")
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                                 capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        out = ""
-    return out or "unknown"
+        head, changed = "", ""
+    if not head:
+        return "unknown"
+    return f"{head}-dirty" if changed else head
 
 
 def command(script: str, argv: Sequence[str]) -> str:
@@ -110,13 +125,13 @@ def describe_checkpoint(info: Optional[dict]) -> str:
 NO_BACKBONE = "no backbone"
 
 
-def provenance(script: str, argv: Sequence[str], checkpoint=NO_BACKBONE, **extra) -> dict:
+def provenance(script: str, argv: Sequence[str], checkpoint=NO_BACKBONE, outputs: Sequence = (), **extra) -> dict:
     """What a results file records about the run that made it (JSON-serialisable). ``checkpoint``:
     the backbone weights' file, ``None`` for untrained seeded weights, or left out when the script
-    uses no backbone."""
+    uses no backbone; ``outputs``: what the script writes (see :func:`commit`)."""
     import torch
 
-    out = {"command": command(script, argv), "commit": commit(),
+    out = {"command": command(script, argv), "commit": commit(outputs),
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start, "
                       f"torch {torch.__version__}, Python {platform.python_version()}"}

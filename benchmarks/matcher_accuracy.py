@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     runs, old_rows = _results.load_previous(json_path, args.append)
     caps = dict(item.split("=") for item in args.max_episodes.split(",") if item)
     base = load_run_config(Path(args.run_dir))
-    run = _results.provenance(__file__, argv, Path(args.run_dir) / "best.pt",
+    run = _results.provenance(__file__, argv, Path(args.run_dir) / "best.pt", outputs=[out, json_path],
                               backbone=f"{base.backbone or 'default'} trained on {base.dataset}",
                               bank_seed=args.bank_seed)
     runs = [*runs, run]

@@ -210,7 +210,7 @@ def main(argv=None) -> None:
                                               "steps", "inits", "clusters", "cluster_init", "cluster_steps",
                                               "meta_steps", "meta_batch", "inner_steps", "inner_lr", "meta_lr",
                                               "temperature", "seed")}
-    run = _results.provenance(__file__, argv, args.backbone_from, settings=settings)
+    run = _results.provenance(__file__, argv, args.backbone_from, outputs=[out], settings=settings)
     for i, old in enumerate(runs, 1):
         differ = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
         if (old["checkpoint"] or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):

@@ -235,7 +235,7 @@ def main(argv=None) -> None:
     settings = {k: getattr(args, k) for k in ("dataset", "backbone", "ways", "bank", "sub_bank", "meta_episodes",
                                               "meta_way", "lr", "adapt_steps", "adapt_lr", "blocks", "temperature",
                                               "seed")}
-    run = _results.provenance(__file__, argv, ckpt, settings=settings)
+    run = _results.provenance(__file__, argv, ckpt, outputs=[out], settings=settings)
     for i, old in enumerate(runs, 1):
         same = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
         if (old["checkpoint"] or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):

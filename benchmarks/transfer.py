@@ -152,7 +152,7 @@ def main(argv=None) -> None:
 
     runs, old_rows = _results.load_previous(out / "transfer.json", args.append)
     settings = {k: getattr(args, k) for k in SCHEDULE}
-    run = _results.provenance(__file__, argv, args.backbone_from, settings=settings)
+    run = _results.provenance(__file__, argv, args.backbone_from, outputs=[out], settings=settings)
     for i, old in enumerate(runs, 1):
         differ = [k for k in SCHEDULE if old["settings"].get(k) != settings[k]]
         if (old.get("checkpoint") or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):

@@ -22,11 +22,33 @@ spec.loader.exec_module(_results)
 def test_provenance_names_the_command_from_the_repository_root_and_the_commit_git_reports():
     run = _results.provenance(str(ROOT / "benchmarks" / "prompts.py"), ["--methods", "VGP + tune", "--append"])
     assert run["command"] == "python benchmarks/prompts.py --methods 'VGP + tune' --append"
-    described = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                               text=True).stdout.strip()
-    assert run["commit"] == described and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", run["date"])
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert run["commit"] in (head, f"{head}-dirty")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", run["date"])
     assert "checkpoint" not in run  # a script without a backbone says nothing about one
     assert _results.provenance("x.py", [], None)["checkpoint"] is None
+
+
+def test_commit_is_dirty_for_changed_tracked_files_except_the_outputs_being_written(tmp_path):
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.md").write_text("| a |\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert _results.commit(root=tmp_path) == head
+    (tmp_path / "notes.txt").write_text("untracked\n")  # untracked files never count
+    assert _results.commit(root=tmp_path) == head
+    (tmp_path / "results" / "table.md").write_text("| a |\n| b |\n")  # an earlier run of an --append table
+    assert _results.commit(root=tmp_path) == f"{head}-dirty"
+    assert _results.commit([tmp_path / "results"], root=tmp_path) == head
+    assert _results.commit([tmp_path / "results" / "table.md"], root=tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")  # the code that runs differs from the commit
+    assert _results.commit([tmp_path / "results"], root=tmp_path) == f"{head}-dirty"
+    assert _results.commit(root=tmp_path / "nowhere") == "unknown"
 
 
 def test_checkpoint_info_fingerprints_the_file_and_reads_step_and_validation_accuracy(tmp_path):
