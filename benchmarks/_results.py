@@ -38,15 +38,16 @@ def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     """The short commit hash of the repository, with ``-dirty`` when a tracked file differs from it
     (untracked files do not count, as with ``git describe --dirty``); ``unknown`` outside a checkout.
 
-    Changes to ``outputs`` (the files or folders the script is about to write) do not count either:
-    an ``--append`` run finds its own results file modified by the earlier runs of the same table,
-    which say so themselves, and that is not a change to the code that runs."""
+    Changes to results do not count either: to ``outputs`` (the files or folders the script is
+    about to write, wherever they are) and to anything under ``benchmarks/results/``. An ``--append``
+    run finds its own table modified by the earlier runs of it, which say so themselves, and one
+    script run after another finds the other's file rewritten; neither is a change to the code."""
     git = ["git", "-C", str(root)]
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=30).stdout.strip()
         excluded = []
-        for path in outputs:
+        for path in [root / "benchmarks" / "results", *outputs]:
             path = Path(path).resolve()
             if path.is_relative_to(root.resolve()):
                 excluded.append(f":(exclude){path.relative_to(root.resolve()).as_posix()}")

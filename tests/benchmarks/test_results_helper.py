@@ -46,6 +46,13 @@ def test_commit_is_dirty_for_changed_tracked_files_except_the_outputs_being_writ
     assert _results.commit(root=tmp_path) == f"{head}-dirty"
     assert _results.commit([tmp_path / "results"], root=tmp_path) == head
     assert _results.commit([tmp_path / "results" / "table.md"], root=tmp_path) == head
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "other.json").write_text("{}\n")
+    subprocess.run([*git, "add", "benchmarks"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "a results file"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "benchmarks" / "results" / "other.json").write_text('{"rewritten": 1}\n')  # another script's run
+    assert _results.commit([tmp_path / "results"], root=tmp_path) == head
     (tmp_path / "code.py").write_text("x = 2\n")  # the code that runs differs from the commit
     assert _results.commit([tmp_path / "results"], root=tmp_path) == f"{head}-dirty"
     assert _results.commit(root=tmp_path / "nowhere") == "unknown"
