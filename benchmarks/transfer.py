@@ -63,7 +63,7 @@ def run_cell(args, dataset: str, method: str) -> dict:
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.full_lr if method == "full" else args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         augment=args.augment, seed=args.seed, threads=args.threads, run_dir=str(Path(args.runs_dir) / dataset / method),
-        track=not args.no_track, experiment=args.experiment)
+        track=not args.no_track, tracking_uri=args.tracking_uri, experiment=args.experiment)
     folder = Path(config.run_dir)
     if (folder / RESULT_FILE).is_file() and (folder / "config.json").is_file():
         saved = json.loads((folder / "config.json").read_text())
@@ -128,6 +128,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--experiment", default="transfer-table")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow store of the runs (default: fewshot's, ./mlruns)")
     ap.add_argument("--no-track", action="store_true")
     ap.add_argument("--runs-dir", default=None, help="run folders (default runs/transfer-table; --smoke: temporary)")
     ap.add_argument("--out", default=None, help="folder of transfer.md / transfer.json (default "
