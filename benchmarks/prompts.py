@@ -75,8 +75,16 @@ METHODS = [
     ("GPF + tune", "gpf", "tune", {}, {}),
     # --adapt-lr 1e-2 wrecks the backbone when every parameter is tuned: 10 Adam steps at 1e-4
     ("full fine-tuning (lr 1e-4)", "none", "full", {}, {"adapt_lr": 1e-4}),
+    ("svgp", "svgp", "amortised", {}, {}),
+    ("svgp (output-conditioned)", "svgp", "amortised", {"condition_on": "output"}, {}),
+    ("svgp from VGP", "svgp", "amortised", {}, {}),
+    ("VGP (2x meta-episodes)", "vgp", "amortised", {}, {}),
 ]
 LABELS = [m[0] for m in METHODS]
+WARM_FROM = {"svgp from VGP": "VGP"}
+"""Rows whose prompt starts from another row's meta-trained prompt (``SupportVGP.warm_start``), then is
+meta-trained for ``--meta-episodes`` more: twice the episodes, which ``VGP (2x meta-episodes)`` matches."""
+META_FACTOR = {"VGP (2x meta-episodes)": 2}
 CHEAP = ("amortised",)
 SMOKE = {"dataset": "glyphs", "data_root": None, "backbone": "test_vig", "ways": "5", "bank": 6, "sub_bank": "3",
          "meta_episodes": 2, "adapt_steps": 1, "no_track": True,
@@ -151,25 +159,30 @@ def plot(rows, path: Path, dataset: str = "omniglot") -> None:
 
 def table(rows, runs=()) -> str:
     """The results file: provenance header, then a Markdown table of the rows: accuracy on the first
-    n episodes, the paired difference with ``none`` on those n, and the whole bank where the method
+    n episodes, the paired differences with ``none`` and with ``VGP`` on every episode both rows were
+    scored on (the whole bank when both were, else the first n), and the whole bank where the method
     was run on it."""
     many = len(runs) > 1
     lines = _results.markdown_header("Graph prompts on a frozen ViG", runs) if runs else []
-    lines += ["| way | method | adapt | acc % first n (n) | paired diff vs none, first n (t p, W p) | "
-              "acc % whole bank (episodes) | trainable | frozen | s/episode |" + (" run |" if many else ""),
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if many else "")]
-    base = {r["way"]: r for r in rows if r["method"] == "none"}
+    lines += ["| way | method | adapt | acc % first n (n) | paired diff vs none (t p, W p) over episodes | "
+              "paired diff vs VGP (t p, W p) over episodes | acc % whole bank (episodes) | trainable | frozen | "
+              "s/episode |" + (" run |" if many else ""),
+              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if many else "")]
+    refs = {(r["method"], r["way"]): r for r in rows if r["method"] in ("none", "VGP")}
     for r in rows:
-        diff = "-"
-        b = base.get(r["way"])
-        n = r["sub_episodes"]
-        if b is not None and r is not b and len(b["episode_accuracies"]) >= n:
-            diff = _results.paired_cell(r["episode_accuracies"][:n], b["episode_accuracies"][:n])
+        diffs = []
+        for ref in ("none", "VGP"):
+            b = refs.get((ref, r["way"]))
+            if b is None or b is r:
+                diffs.append("-")
+                continue
+            n = min(len(r["episode_accuracies"]), len(b["episode_accuracies"]))
+            diffs.append(_results.paired_cell(r["episode_accuracies"][:n], b["episode_accuracies"][:n]) + f" over {n}")
         whole = (f"{100 * r['acc']:.2f} +- {100 * r['ci95']:.2f} ({r['episodes']})"
                  if r["episodes"] > r["sub_episodes"] else "-")
         lines.append(f"| {r['way']} | {r['method']} | {r['adapt']} | {100 * r['sub_acc']:.2f} +- "
-                     f"{100 * r['sub_ci95']:.2f} ({r['sub_episodes']}) | {diff} | {whole} | {r['trainable']} | {r['frozen']} | "
-                     f"{r['sec_per_episode']:.3f} |" + (f" {r['run']} |" if many else ""))
+                     f"{100 * r['sub_ci95']:.2f} ({r['sub_episodes']}) | {' | '.join(diffs)} | {whole} | "
+                     f"{r['trainable']} | {r['frozen']} | {r['sec_per_episode']:.3f} |" + (f" {r['run']} |" if many else ""))
     return "\n".join(lines)
 
 
@@ -196,6 +209,8 @@ def main(argv=None) -> None:
                     help="first n bank episodes (per way, comma-separated) for the per-episode methods "
                          "(support-conditioned and tuned); every method is also reported on these n")
     ap.add_argument("--meta-episodes", type=int, default=150)
+    ap.add_argument("--amortised-whole-bank", action="store_true",
+                    help="score the support-conditioned amortised methods on the whole bank too (default: first n)")
     ap.add_argument("--meta-way", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--adapt-steps", type=int, default=10)
@@ -234,7 +249,7 @@ def main(argv=None) -> None:
     runs, old_rows = _results.load_previous(out / "results.json", args.append)
     settings = {k: getattr(args, k) for k in ("dataset", "backbone", "ways", "bank", "sub_bank", "meta_episodes",
                                               "meta_way", "lr", "adapt_steps", "adapt_lr", "blocks", "temperature",
-                                              "seed")}
+                                              "seed", "amortised_whole_bank")}
     run = _results.provenance(__file__, argv, ckpt, outputs=[out], settings=settings)
     for i, old in enumerate(runs, 1):
         same = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
@@ -255,9 +270,10 @@ def main(argv=None) -> None:
     if len(subs) == 1:
         subs = subs * len(ways)
     banks = {w: EpisodeSampler(splits.test, w, 1, 15, seed=0).bank(args.bank) for w in ways}
-    for label, prompt_name, adapt, opts, fixed in METHODS:
-        if wanted is not None and label not in wanted:
-            continue
+    def build(label):
+        """The method's PromptedModel, meta-trained (from its ``WARM_FROM`` row's prompt when it has one),
+        its tuning settings and the meta-training episodes it had."""
+        prompt_name, adapt, opts, fixed = METHODS[LABELS.index(label)][1:]
         torch.manual_seed(args.seed)
         backbone = load_backbone(models.create_backbone(args.backbone, img_size=splits.train.image_shape[-1],
                                                         in_chans=splits.train.image_shape[0]), ckpt)
@@ -268,9 +284,22 @@ def main(argv=None) -> None:
         tuning = {"adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr, **fixed}
         model = PromptedModel(backbone, prompt, matchers.create("prototype", temperature=args.temperature),
                               adapt=adapt, seed=args.seed, **tuning)
+        episodes = args.meta_episodes * META_FACTOR.get(label, 1)
+        if label in WARM_FROM:
+            source, _, before = build(WARM_FROM[label])
+            prompt.warm_start(source.prompt.state_dict())
+            episodes += before
+        meta_train(model, splits.train, args.meta_way, args.meta_episodes * META_FACTOR.get(label, 1), args.lr,
+                   args.seed)
+        return model, tuning, episodes
+
+    for label, prompt_name, adapt, opts, fixed in METHODS:
+        if wanted is not None and label not in wanted:
+            continue
         t0 = time.perf_counter()
-        meta_train(model, splits.train, args.meta_way, args.meta_episodes, args.lr, args.seed)
+        model, tuning, meta_episodes = build(label)
         meta_s = time.perf_counter() - t0
+        backbone, prompt = model.backbone, model.prompt
         counts = count_parameters(model)
         if adapt in ("tune", "head", "full"):  # what the per-episode tuning changes
             tuned = sum(p.numel() for p in model.tunable(backbone, prompt))
@@ -285,15 +314,17 @@ def main(argv=None) -> None:
                 t0 = time.perf_counter()
                 accs = evaluate(model, splits.test, bank).accuracies
                 sec = (time.perf_counter() - t0) / len(bank)
-            else:
-                accs, sec = score(model, splits.test, bank, min(sub, len(bank)))
+            else:  # episode by episode: the first n, or the whole bank for amortised ones with --amortised-whole-bank
+                whole = args.amortised_whole_bank and adapt in CHEAP
+                accs, sec = score(model, splits.test, bank, len(bank) if whole else min(sub, len(bank)))
             n = min(sub, len(bank))
             mean, ci = summarise(accs)
             sub_mean, sub_ci = summarise(accs[:n])
             row = {"method": label, "prompt": prompt_name, "adapt": adapt, "way": way, "episodes": len(accs),
                    "acc": mean, "ci95": ci, "sub_episodes": n, "sub_acc": sub_mean, "sub_ci95": sub_ci,
                    "trainable": counts["trainable"], "frozen": counts["frozen"],
-                   "sec_per_episode": sec, "meta_train_s": meta_s, "bank_id": bank.bank_id, "run": len(runs),
+                   "sec_per_episode": sec, "meta_train_s": meta_s, "meta_episodes": meta_episodes,
+                   "bank_id": bank.bank_id, "run": len(runs),
                    "adapt_steps": tuning["adapt_steps"], "adapt_lr": tuning["adapt_lr"],
                    "episode_accuracies": [round(a, 6) for a in accs.tolist()]}
             rows.append(row)
@@ -305,7 +336,7 @@ def main(argv=None) -> None:
                                                                         "sub_episodes", "bank_id")},
                                                 "trainable_params": counts["trainable"],
                                                 "frozen_params": counts["frozen"], "backbone_from": ckpt,
-                                                "meta_episodes": args.meta_episodes, **tuning, "blocks": args.blocks,
+                                                "meta_episodes": meta_episodes, **tuning, "blocks": args.blocks,
                                                 "temperature": args.temperature},
                           tags={"command": run["command"]})
             tracker.log_metrics({"test_acc": mean, "test_ci95": ci, "sub_acc": sub_mean, "sub_ci95": sub_ci,

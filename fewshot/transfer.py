@@ -58,7 +58,7 @@ __all__ = ["ADAPT_MODES", "BASELINE_MODES", "OPTIMIZERS", "TRANSFER_SOURCES", "T
 log = logging.getLogger(__name__)
 
 BASELINE_MODES = ("linear", "head", "full")
-PROMPT_MODES = ("vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "add", "modify", "delete", "soft-delete", "graph")
+PROMPT_MODES = ("vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "svgp", "add", "modify", "delete", "soft-delete", "graph")
 ADAPT_MODES = BASELINE_MODES + PROMPT_MODES
 OPTIMIZERS = ("adamw", "sgd")
 TRANSFER_SOURCES = ("vtab", "class-folders")
@@ -243,7 +243,9 @@ class TransferModel(nn.Module):
         and their ``labels [S]``: a conditioned prompt is generated from them at every forward pass."""
         was = self.backbone.training
         self.backbone.eval()
-        self._condition = (self.backbone.forward_features(to_input(images)).float(), labels)
+        nodes = self.prompt.support_features(self.backbone, to_input(images))
+        as_float = {i: n.float() for i, n in nodes.items()} if isinstance(nodes, dict) else nodes.float()
+        self._condition = (as_float, labels)
         self.backbone.train(was)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

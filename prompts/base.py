@@ -135,8 +135,14 @@ class Prompt(nn.Module):
         backbone); a no-op for a fixed prompt."""
         if self.conditioned:
             with torch.no_grad():
-                nodes = backbone.forward_features(support_images)
+                nodes = self.support_features(backbone, support_images)
             self.set_episode(nodes, support_labels)
+
+    def support_features(self, backbone: nn.Module, support_images: torch.Tensor):
+        """What :meth:`set_episode` is given for float ``support_images [S, C, H, W]``: the unprompted
+        backbone's output nodes ``[S, N0, D]`` (a prompt conditioned per block returns ``{block: [S, N0, D]}``,
+        the nodes entering each of its blocks). Call it without gradient."""
+        return backbone.forward_features(support_images)
 
     # ----- data-dependent state fitted before training ----------------------------------------
     def fit(self, backbone: nn.Module, images: torch.Tensor, seed: int = 0) -> None:

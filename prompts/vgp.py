@@ -75,10 +75,18 @@ class VGP(Prompt):
     def block_hook(self, i, x, node_mask):
         if i not in self.blocks:
             return x, node_mask
-        p, n0 = self.per_block[self.blocks.index(i)], self.num_patch_nodes
-        x = add_to_patch_nodes(x, p.node_delta(x[:, :n0]), n0)
+        return self.prompt_block(self.blocks.index(i), x, node_mask)
+
+    def prompt_block(self, j: int, x: torch.Tensor, node_mask: torch.Tensor, shift=0.0, offsets=0.0):
+        """VGP's node prompt and virtual nodes for the j-th prompted block: x ``[B, N, D]`` -> ``[B, N0 + M, D]``.
+
+        ``shift`` (``[D]``) is added to every patch node and ``offsets`` (``[M, D]``) to the virtual
+        nodes: zero for VGP, generated from the support set by :class:`~prompts.support_vgp.SupportVGP`.
+        """
+        p, n0 = self.per_block[j], self.num_patch_nodes
+        x = add_to_patch_nodes(x, p.node_delta(x[:, :n0]) + shift, n0)
         if self.num_nodes:
-            x, node_mask = append_nodes(x, node_mask, p.virtual_nodes(), n0)
+            x, node_mask = append_nodes(x, node_mask, p.virtual_nodes() + offsets, n0)
         return x, node_mask
 
     def graph_hook(self, i, h, neighbours):

@@ -113,14 +113,32 @@ def test_prompts_smoke_then_append_merges_two_runs_and_refuses_another_setup(tmp
     for r in data["rows"][1:]:
         cells = table_rows(text, "5")
         cell = next(c for c in cells if c[1] == r["method"])
-        n = r["sub_episodes"]
+        n = min(len(r["episode_accuracies"]), len(none))  # every episode both were scored on
+        assert n == (6 if r["method"] == "GPF" else r["sub_episodes"]) and cell[4].endswith(f" over {n}")
         assert_cell(cell[4], r["episode_accuracies"][:n], none[:n])
+        assert cell[5] == "-"  # no VGP row in this table
         assert cell[-1] == str(r["run"])
     refused = subprocess.run([sys.executable, str(BENCH / "prompts.py"), "--smoke", "--backbone-from", ckpt, "--out",
                               str(out), "--append", "--temperature", "1", "--methods", "GPF"],
                              capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert refused.returncode != 0 and "differs in temperature" in refused.stderr
     assert json.loads((out / "results.json").read_text()) == data  # the refused run wrote nothing
+
+
+def test_prompts_support_vgp_rows_on_the_whole_bank_paired_with_vgp(tmp_path, tiny_run):
+    out = tmp_path / "p"
+    run("prompts.py", "--smoke", "--backbone-from", str(tiny_run / "best.pt"), "--out", str(out),
+        "--amortised-whole-bank", "--methods", "none,VGP,svgp,svgp from VGP,VGP (2x meta-episodes),add")
+    text, data = (out / "results.md").read_text(), json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    assert data["runs"][0]["settings"]["amortised_whole_bank"] is True
+    assert {m: (r["episodes"], r["meta_episodes"]) for m, r in rows.items()} == {
+        "none": (6, 2), "VGP": (6, 2), "svgp": (6, 2), "svgp from VGP": (6, 4), "VGP (2x meta-episodes)": (6, 4),
+        "add": (6, 2)}  # support-conditioned rows scored on the whole bank; warm start = VGP's 2 + 2 more
+    for m in ("svgp", "svgp from VGP", "VGP (2x meta-episodes)", "add"):
+        cell = next(c for c in table_rows(text, "5") if c[1] == m)
+        assert cell[4].endswith(" over 6") and cell[5].endswith(" over 6")
+        assert_cell(cell[5], rows[m]["episode_accuracies"], rows["VGP"]["episode_accuracies"])
 
 
 def test_prompts_refuses_a_method_it_does_not_know(tmp_path):
