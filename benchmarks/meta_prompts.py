@@ -8,10 +8,14 @@ For a frozen ViG backbone (``--backbone-from``, a ProtoNet run's best.pt) and on
    training tasks, ``--inner-steps`` inner SGD steps at ``--inner-lr`` on the support-only loss);
 2. **clusters**: 1 (a single prompt) or C > 1: DAM-VP (``--prompt damvp``, C copies of the prompt,
    centroids fitted by k-means on 4096 training images' frozen features, each image routed to its
-   nearest centroid), meta-trained with ``--cluster-init``;
+   nearest centroid), meta-trained with ``--cluster-init`` from the prompt as created
+   (``--cluster-from scratch``), or (``--cluster-from single``) every cluster starting from a copy of
+   the single prompt meta-trained with ``--cluster-init``, then meta-trained further per cluster with
+   ``--cluster-meta`` (``metasgd``: each cluster's copy has its own learned step sizes);
 3. every (init, C) is scored on the same test bank after 0, 1, 5 and 10 test-time adaptation steps
    (``--steps``): each episode clones the prompt and adapts it on its support set only, with the
-   same loss and learning rate as the inner loop (``PromptedModel`` with ``meta_init``);
+   same loss and learning rate as the inner loop (``PromptedModel`` with ``meta_init``, whose own
+   learner is the one meta-trained, so Meta-SGD adapts with its learned rates);
 4. accuracy +- 95% CI per cell, a markdown table, a plot of accuracy against adaptation steps
    (PNG), one MLflow run per cell in one experiment (unless ``--no-track``);
 5. paired differences on the same episodes (``fewshot.compare.paired_test``: difference +- 95% CI,
@@ -34,6 +38,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -145,7 +150,8 @@ def paired_rows(rows) -> list:
         if r["clusters"] == 1 and r["init"] != "random":
             partner, against = cells.get((r["way"], "random", 1, r["steps"])), "random, 1 cluster"
         elif r["clusters"] > 1:
-            partner, against = cells.get((r["way"], r["init"], 1, r["steps"])), f"{r['init']}, 1 cluster"
+            source = r["init"].split(" single, then ")[0]
+            partner, against = cells.get((r["way"], source, 1, r["steps"])), f"{source}, 1 cluster"
         else:
             continue
         if partner is not None and len(partner["episode_accuracies"]) == len(r["episode_accuracies"]) \
@@ -175,6 +181,13 @@ def main(argv=None) -> None:
     ap.add_argument("--clusters", default="2,4,8", help="DAM-VP cluster counts (besides the single prompt)")
     ap.add_argument("--cluster-init", default="fomaml")
     ap.add_argument("--cluster-steps", default=None, help="adaptation steps for DAM-VP rows (default: --steps)")
+    ap.add_argument("--cluster-from", default="scratch", choices=["scratch", "single"],
+                    help="DAM-VP rows: meta-train the C prompts from the prompt as created (scratch), or start "
+                         "every cluster from a copy of the single prompt meta-trained with --cluster-init (single; "
+                         "that init must be in --inits) and meta-train them further with --cluster-meta")
+    ap.add_argument("--cluster-meta", default=None, choices=["fomaml", "maml", "metasgd"],
+                    help="--cluster-from single: the meta-learner of the per-cluster step (default --cluster-init); "
+                         "metasgd gives every cluster its own learned step sizes")
     ap.add_argument("--meta-steps", type=int, default=40)
     ap.add_argument("--meta-batch", type=int, default=4)
     ap.add_argument("--inner-steps", type=int, default=1)
@@ -207,7 +220,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs, old_rows = _results.load_previous(out / "results.json", args.append)
     settings = {k: getattr(args, k) for k in ("dataset", "backbone", "prompt", "blocks", "nodes", "ways", "bank",
-                                              "steps", "inits", "clusters", "cluster_init", "cluster_steps",
+                                              "steps", "inits", "clusters", "cluster_init", "cluster_steps", "cluster_from", "cluster_meta",
                                               "meta_steps", "meta_batch", "inner_steps", "inner_lr", "meta_lr",
                                               "temperature", "seed")}
     run = _results.provenance(__file__, argv, args.backbone_from, outputs=[out], settings=settings)
@@ -227,11 +240,15 @@ def main(argv=None) -> None:
     steps = [int(s) for s in args.steps.split(",")]
     cluster_steps = steps if args.cluster_steps is None else [int(s) for s in args.cluster_steps.split(",")]
     configs = [(init, 1) for init in args.inits.split(",") if init]
+    if args.cluster_from == "single" and args.clusters and (args.cluster_init, 1) not in configs:
+        ap.error(f"--cluster-from single starts DAM-VP from the {args.cluster_init} single prompt: "
+                 f"put {args.cluster_init} in --inits")
     configs += [(args.cluster_init, int(c)) for c in args.clusters.split(",") if c]
     rows = []
     print(f"{args.dataset}: backbone {args.backbone_from or 'untrained ' + args.backbone} (frozen), prompt "
           f"{args.prompt}; banks {dict(zip(ways, sizes))} episodes; meta-training {args.meta_steps} x "
           f"{args.meta_batch} tasks, {args.inner_steps} inner step(s) at lr {args.inner_lr}", flush=True)
+    singles = {}  # init -> its meta-trained single prompt (the source of --cluster-from single)
     for init, clusters in configs:
         backbone = models.create_backbone(args.backbone, img_size=splits.train.image_shape[-1],
                                           in_chans=splits.train.image_shape[0])
@@ -241,18 +258,28 @@ def main(argv=None) -> None:
         for p in backbone.parameters():
             p.requires_grad_(False)
         prompt = build(args, backbone, clusters, splits.train)
+        method = init
+        if clusters > 1 and args.cluster_from == "single":  # copies of the meta-trained single prompt
+            prompt = prompts.damvp.ClusterPrompts.around(copy.deepcopy(singles[init]), prompt.centroids)
+            method = args.cluster_meta or init
+        # random init adapts exactly like the meta-learned ones: the same learner, loss and rate; the
+        # model's own learner is meta-trained, so Meta-SGD adapts test episodes with its learned rates
+        model = PromptedModel(backbone, prompt, matchers.create("prototype", temperature=args.temperature),
+                              adapt="tune", meta_init="fomaml" if method == "random" else method,
+                              inner_lr=args.inner_lr, seed=args.seed)
         t0 = time.perf_counter()
-        if init != "random":
-            _, losses = meta.meta_train(prompt, backbone, tasks(splits.train, 5, 1, 5, args.seed), init,
-                                        inner_steps=args.inner_steps, inner_lr=args.inner_lr,
-                                        meta_batch=args.meta_batch, meta_lr=args.meta_lr, iterations=args.meta_steps)
-            print(f"  {init} C={clusters}: meta loss {losses[0]:.3f} -> {sum(losses[-5:]) / len(losses[-5:]):.3f} "
+        if method != "random":
+            losses = meta.train_learner(model.learner, backbone, tasks(splits.train, 5, 1, 5, args.seed),
+                                        inner_steps=args.inner_steps, meta_batch=args.meta_batch,
+                                        meta_lr=args.meta_lr, iterations=args.meta_steps, matcher=model.matcher)
+            print(f"  {method} C={clusters}: meta loss {losses[0]:.3f} -> {sum(losses[-5:]) / len(losses[-5:]):.3f} "
                   f"(mean of last 5)", flush=True)
         meta_s = time.perf_counter() - t0
-        # random init adapts exactly like the meta-learned ones: the same learner, loss and rate
-        model = PromptedModel(backbone, prompt, matchers.create("prototype", temperature=args.temperature),
-                              adapt="tune", meta_init="fomaml" if init == "random" else init,
-                              inner_lr=args.inner_lr, seed=args.seed).eval()
+        model.eval()
+        if clusters == 1:
+            singles[init] = prompt
+        if clusters > 1 and args.cluster_from == "single":
+            init = f"{init} single, then {method} per cluster"
         trainable = sum(p.numel() for p in prompt.parameters())
         for way in ways:
             for s in (steps if clusters == 1 else cluster_steps):

@@ -2,7 +2,7 @@
 
 For one source backbone (``--backbone-from``, e.g. a ``fewshot train`` run's best.pt) every method of
 ``--methods`` (``linear``, ``head``, ``full`` and the prompts ``vpt``, ``vpt-shallow``, ``gpf``,
-``gpf-plus``, ``vgp``, ``add``, ``modify``, ``delete``, ``soft-delete``, ``graph``) is adapted by ``fewshot transfer``
+``gpf-plus``, ``vgp``, ``svgp``, ``add``, ``modify``, ``delete``, ``soft-delete``, ``graph``) is adapted by ``fewshot transfer``
 on every dataset of ``--datasets`` (the episodic datasets' test classes, ``--train-per-class``
 images of each class to train on, the rest to test; ``omniglot`` is omniglot-minimal, read from
 ``--omniglot-root``), with the same schedule for all. Each (dataset, method) is one ``fewshot
@@ -35,7 +35,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import _results  # noqa: E402
 
-METHODS = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "add", "modify", "delete", "soft-delete", "graph")
+METHODS = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "svgp", "add", "modify", "delete", "soft-delete", "graph")
 DATASETS = ("glyphs", "digits", "omniglot")
 SCHEDULE = ("backbone", "train_per_class", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
             "warmup_epochs", "label_smoothing", "augment", "seed", "full_lr")

@@ -33,7 +33,7 @@ from prototypes import prototype_logits
 from .base import Prompt
 from .tuning import Scorer, optimiser_step, score, tune
 
-__all__ = ["META_INITS", "wrap", "episode_loss", "meta_step", "meta_train", "adapt_prompt"]
+__all__ = ["META_INITS", "wrap", "episode_loss", "meta_step", "meta_train", "train_learner", "adapt_prompt"]
 
 META_INITS = ("none", "maml", "fomaml", "metasgd")
 
@@ -87,12 +87,26 @@ def meta_train(prompt: Prompt, backbone: nn.Module, tasks: Iterable[Tuple[torch.
                autocast: Autocast = contextlib.nullcontext) -> Tuple[Prompt, list]:
     """Meta-learn ``prompt``'s initialisation in place over ``iterations`` outer steps, each on
     ``meta_batch`` tasks drawn from the iterator ``tasks`` (moved to ``device``). Returns
-    ``(prompt, losses per step)``."""
+    ``(prompt, losses per step)``; the wrapper is dropped (Meta-SGD's learned rates with it: use
+    :func:`train_learner` to keep them)."""
+    meta = wrap(prompt, method, inner_lr)
+    losses = train_learner(meta, backbone, tasks, inner_steps, meta_batch, meta_lr, iterations, device, matcher,
+                           autocast)
+    return prompt, losses
+
+
+def train_learner(meta: nn.Module, backbone: nn.Module, tasks: Iterable[Tuple[torch.Tensor, ...]],
+                  inner_steps: int = 1, meta_batch: int = 4, meta_lr: float = 1e-2, iterations: int = 100,
+                  device="cpu", matcher: Scorer = prototype_logits,
+                  autocast: Autocast = contextlib.nullcontext) -> list:
+    """:func:`meta_train` on a learner made by :func:`wrap` (e.g. ``PromptedModel.learner``), which keeps
+    what the wrapper learns besides the prompt (Meta-SGD's per-parameter rates) for test-time adaptation.
+    Returns the losses per outer step."""
     if inner_steps < 1 or meta_batch < 1 or iterations < 0:
         raise ValueError("inner_steps and meta_batch must be >= 1 and iterations >= 0")
     for p in backbone.parameters():
         p.requires_grad_(False)
-    meta = wrap(prompt, method, inner_lr).to(device)
+    meta = meta.to(device)
     opt = torch.optim.Adam(meta.parameters(), lr=meta_lr)
     it: Iterator = iter(tasks)
     losses = []
@@ -102,7 +116,7 @@ def meta_train(prompt: Prompt, backbone: nn.Module, tasks: Iterable[Tuple[torch.
         loss, _ = meta_step(meta, backbone, batch, inner_steps, matcher, autocast)
         opt.step()
         losses.append(float(loss))
-    return prompt, losses
+    return losses
 
 
 def adapt_prompt(prompt: Prompt, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor,

@@ -165,6 +165,26 @@ def test_meta_prompts_smoke_writes_its_named_folder_with_paired_rows(tmp_path, t
         assert_cell(cell, cells[(init, int(clusters), int(steps))], cells[partner])
 
 
+def test_meta_prompts_damvp_from_the_single_prompt_with_metasgd_per_cluster(tmp_path, tiny_run):
+    run("meta_prompts.py", "--smoke", "--backbone-from", str(tiny_run / "best.pt"), "--out", str(tmp_path),
+        "--cluster-from", "single", "--cluster-meta", "metasgd")
+    text = (tmp_path / "glyphs" / "results.md").read_text()
+    data = json.loads((tmp_path / "glyphs" / "results.json").read_text())
+    cells = {(r["init"], r["clusters"], r["steps"]): r for r in data["rows"]}
+    source = "fomaml single, then metasgd per cluster"
+    assert {k[:2] for k in cells} == {("random", 1), ("fomaml", 1), (source, 2)}
+    assert cells[(source, 2, 0)]["trainable"] == 2 * cells[("fomaml", 1, 0)]["trainable"]  # two copies
+    paired = [c for c in table_rows(text, "5") if len(c) == 6 and c[2] == source]
+    assert [c[4] for c in paired] == ["fomaml, 1 cluster"] * 2
+    for c in paired:
+        assert_cell(c[5], cells[(source, 2, int(c[1]))]["episode_accuracies"],
+                    cells[("fomaml", 1, int(c[1]))]["episode_accuracies"])
+    refused = subprocess.run([sys.executable, str(BENCH / "meta_prompts.py"), "--smoke", "--backbone-from",
+                              str(tiny_run / "best.pt"), "--out", str(tmp_path / "r"), "--inits", "random",
+                              "--cluster-from", "single"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert refused.returncode != 0 and "put fomaml in --inits" in refused.stderr
+
+
 def test_throughput_smoke_writes_its_header_and_identical_episode_counts(tmp_path):
     out = tmp_path / "t.txt"
     proc = run("throughput.py", "--smoke", "--out", str(out))

@@ -161,3 +161,21 @@ def test_wrap_rejects_unknown_method():
     bb = _frozen()
     with pytest.raises(ValueError, match="meta-init must be one of"):
         meta.wrap(_prompt(bb), "reptile", 0.1)
+
+
+def test_train_learner_keeps_metasgd_rates_and_test_time_adaptation_uses_them():
+    """meta_train drops its wrapper; train_learner trains the caller's learner, so Meta-SGD's learned
+    per-parameter rates stay on it, and a clone adapted on a support set moves by those rates."""
+    bb = _frozen()
+    learner = meta.wrap(_prompt(bb), "metasgd", inner_lr=0.5)
+    losses = meta.train_learner(learner, bb, iter(_task(i) for i in range(10)), inner_steps=1, meta_batch=2,
+                                meta_lr=5e-2, iterations=3)
+    assert len(losses) == 3
+    rates = learner.lrs[0].detach()
+    assert rates.shape == learner.module.vectors.shape and not torch.allclose(rates, torch.full_like(rates, 0.5))
+    s, sl, _, _ = _task(11)
+    clone = learner.clone()
+    loss = support_loss(clone.module, bb, s, sl)
+    (grad,) = torch.autograd.grad(loss, learner.module.vectors, retain_graph=True)
+    clone.adapt(loss)
+    torch.testing.assert_close(clone.module.vectors.detach(), (learner.module.vectors - rates * grad).detach())
