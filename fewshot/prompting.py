@@ -191,6 +191,10 @@ def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> Pro
         if source is not None and source != config.dataset:
             log.info("cross-domain: the backbone was trained on %s (%s); the episodes come from %s",
                      source, config.backbone_from, config.dataset)
+    else:
+        log.warning("--backbone %s is randomly initialised (no --backbone-from): --prompt %s / --adapt %s adapt an "
+                    "untrained frozen backbone; pass --backbone-from runs/<run>/best.pt (a trained run) or the "
+                    "authors' checkpoint", config.backbone, config.prompt, config.adapt)
     try:
         prompt = prompts.create(config.prompt, backbone, **config.component_options("prompt"))
         return PromptedModel(backbone, prompt, matcher, adapt=config.adapt, adapt_steps=config.adapt_steps,

@@ -104,3 +104,21 @@ def test_train_freezes_backbone_and_logs_counts(tmp_path):
     assert not changed, f"training changed backbone entries {changed}"
     assert any(k.endswith("running_var") for k in before) and any(k.endswith("num_batches_tracked") for k in before)
     assert state["prompt.vectors"].abs().sum() > 0  # while the prompt did train
+
+
+def test_a_prompt_on_a_random_backbone_is_warned_about_in_one_line(tmp_path, caplog):
+    import logging
+
+    torch.manual_seed(0)
+    save_atomic({"model": {f"backbone.{k}": v for k, v in models.create_backbone("test_vig").state_dict().items()}},
+                tmp_path / "best.pt")
+    caplog.set_level(logging.WARNING, logger="fewshot.prompting")
+    build_prompted_model(Config(backbone="test_vig", prompt="gpf"), models.create_backbone("test_vig"),
+                         matchers.create("prototype"))
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "\n" not in warned[0].getMessage()
+    assert "randomly initialised" in warned[0].getMessage() and "--backbone-from" in warned[0].getMessage()
+    caplog.clear()
+    build_prompted_model(Config(backbone="test_vig", prompt="gpf", backbone_from=str(tmp_path / "best.pt")),
+                         models.create_backbone("test_vig"), matchers.create("prototype"))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
