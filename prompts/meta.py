@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence, Tuple
 
 import torch
@@ -49,8 +50,30 @@ def wrap(prompt: Prompt, method: str, inner_lr: float) -> nn.Module:
         raise ValueError(f"inner_lr must be > 0, got {inner_lr}")
     import learn2learn as l2l  # lazy: prints gym's notice on import
     if method == "metasgd":
-        return l2l.algorithms.MetaSGD(prompt, lr=inner_lr, first_order=False)
+        return _meta_sgd()(prompt, lr=inner_lr, first_order=False)
     return l2l.algorithms.MAML(prompt, lr=inner_lr, first_order=(method == "fomaml"), allow_unused=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_sgd():
+    """learn2learn's ``MetaSGD`` whose ``adapt`` leaves alone the parameters the loss does not reach
+    (a DAM-VP cluster no image of the task is routed to), as ``MAML(allow_unused=True)`` does; the
+    library's ``adapt`` raises on them. ``clone`` keeps the class."""
+    import learn2learn as l2l
+    from learn2learn.algorithms.meta_sgd import meta_sgd_update
+    from learn2learn.utils import clone_module, clone_parameters
+
+    class MetaSGD(l2l.algorithms.MetaSGD):
+        def clone(self):
+            return MetaSGD(clone_module(self.module), lrs=clone_parameters(self.lrs), first_order=self.first_order)
+
+        def adapt(self, loss, first_order=None):
+            second_order = not (self.first_order if first_order is None else first_order)
+            grads = torch.autograd.grad(loss, list(self.module.parameters()), retain_graph=second_order,
+                                        create_graph=second_order, allow_unused=True)
+            self.module = meta_sgd_update(self.module, self.lrs, grads)  # a None gradient: no step
+
+    return MetaSGD
 
 
 def episode_loss(prompt: Prompt, backbone: nn.Module, support: torch.Tensor, support_labels: torch.Tensor,

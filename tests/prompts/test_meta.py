@@ -179,3 +179,25 @@ def test_train_learner_keeps_metasgd_rates_and_test_time_adaptation_uses_them():
     (grad,) = torch.autograd.grad(loss, learner.module.vectors, retain_graph=True)
     clone.adapt(loss)
     torch.testing.assert_close(clone.module.vectors.detach(), (learner.module.vectors - rates * grad).detach())
+
+
+@pytest.mark.parametrize("method", ["metasgd", "fomaml"])
+def test_a_cluster_no_image_reaches_is_left_alone_by_the_inner_step(method):
+    """DAM-VP routes every image of this task to cluster 0: the inner step moves cluster 0's prompt
+    (Meta-SGD by its rates) and leaves cluster 1's as it is, instead of raising on the unused one."""
+    from prompts.damvp import ClusterPrompts
+
+    bb = _frozen()
+    prompt = ClusterPrompts.around(_prompt(bb), torch.zeros(2, bb.embed_dim))
+    with torch.no_grad():
+        prompt.centroids[1].fill_(1e6)   # nothing is near cluster 1
+    learner = meta.wrap(prompt, method, inner_lr=0.5)
+    s, sl, _, _ = _task(2)
+    clone = learner.clone()
+    loss = support_loss(clone.module, bb, s, sl)
+    (g0,) = torch.autograd.grad(loss, clone.module.prompts[0].vectors, retain_graph=True)
+    clone.adapt(loss)
+    assert type(clone) is type(learner)
+    torch.testing.assert_close(clone.module.prompts[0].vectors.detach(),
+                               (prompt.prompts[0].vectors - 0.5 * g0).detach())
+    torch.testing.assert_close(clone.module.prompts[1].vectors.detach(), prompt.prompts[1].vectors.detach())
