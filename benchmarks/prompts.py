@@ -284,14 +284,13 @@ def main(argv=None) -> None:
         tuning = {"adapt_steps": args.adapt_steps, "adapt_lr": args.adapt_lr, **fixed}
         model = PromptedModel(backbone, prompt, matchers.create("prototype", temperature=args.temperature),
                               adapt=adapt, seed=args.seed, **tuning)
-        episodes = args.meta_episodes * META_FACTOR.get(label, 1)
+        own = args.meta_episodes * META_FACTOR.get(label, 1)
+        before = 0
         if label in WARM_FROM:
             source, _, before = build(WARM_FROM[label])
             prompt.warm_start(source.prompt.state_dict())
-            episodes += before
-        meta_train(model, splits.train, args.meta_way, args.meta_episodes * META_FACTOR.get(label, 1), args.lr,
-                   args.seed)
-        return model, tuning, episodes
+        meta_train(model, splits.train, args.meta_way, own, args.lr, args.seed)
+        return model, tuning, before + own
 
     for label, prompt_name, adapt, opts, fixed in METHODS:
         if wanted is not None and label not in wanted:

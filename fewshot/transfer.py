@@ -239,8 +239,9 @@ class TransferModel(nn.Module):
 
     @torch.no_grad()
     def set_conditioning(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Keep the unprompted frozen backbone's nodes ``[S, N0, D]`` of ``images [S, C, H, W]`` (uint8)
-        and their ``labels [S]``: a conditioned prompt is generated from them at every forward pass."""
+        """Keep the prompt's support features of ``images [S, C, H, W]`` (uint8; ``prompt.support_features``:
+        the unprompted frozen backbone's nodes ``[S, N0, D]``, or ``{block: [S, N0, D]}``) and their
+        ``labels [S]``: a conditioned prompt is generated from them at every forward pass."""
         was = self.backbone.training
         self.backbone.eval()
         nodes = self.prompt.support_features(self.backbone, to_input(images))

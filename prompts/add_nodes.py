@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .base import Prompt, register_prompt
-from .generator import SupportGenerator
+from .generator import PerBlockGenerated, SupportGenerator
 
 __all__ = ["AddNodes", "append_nodes"]
 
@@ -27,7 +27,7 @@ def append_nodes(x: torch.Tensor, node_mask: torch.Tensor, nodes: torch.Tensor, 
 
 
 @register_prompt("add")
-class AddNodes(Prompt):
+class AddNodes(PerBlockGenerated, Prompt):
     """Support-generated prompt nodes (plus optional free nodes) in the prompted blocks.
 
     Args:
@@ -51,20 +51,11 @@ class AddNodes(Prompt):
         self.base = nn.Parameter(torch.randn(len(self.blocks), num_nodes, self.dim) * 0.02)
         self.free_nodes = (nn.Parameter(torch.randn(len(self.blocks), num_nodes, self.dim) * 0.02)
                            if free else None)
-        self._episode = None
-
-    def set_episode(self, support_nodes, support_labels):
-        self._episode = {i: self.generators[str(i)](support_nodes, support_labels) for i in self.blocks}
-
-    def clear_episode(self):
-        self._episode = None
 
     def prompt_nodes(self, i: int) -> torch.Tensor:
         """The ``[M, D]`` (or ``[2M, D]`` with free nodes) prompt nodes of block i."""
-        if self._episode is None:
-            raise RuntimeError("add: call set_episode(support_nodes, support_labels) before the forward pass")
         j = self.blocks.index(i)
-        nodes = self.base[j] + self._episode[i]
+        nodes = self.base[j] + self.generated(i)
         if self.free_nodes is not None:
             nodes = torch.cat([nodes, self.free_nodes[j]])
         return nodes

@@ -12,7 +12,7 @@ from torch import nn
 
 from prototypes import class_means
 
-__all__ = ["SupportGenerator"]
+__all__ = ["SupportGenerator", "PerBlockGenerated"]
 
 
 class SupportGenerator(nn.Module):
@@ -48,3 +48,26 @@ class SupportGenerator(nn.Module):
         attn = torch.softmax(self.queries @ self.key(protos).T / self.hidden ** 0.5, dim=-1)  # [count, way]
         h = attn @ self.value(protos) + self.context(protos.mean(dim=0))  # [count, hidden]
         return self.out(h)
+
+
+class PerBlockGenerated:
+    """Mixin for a prompt with one :class:`SupportGenerator` per prompted block (``self.generators``,
+    keyed by ``str(block)``): :meth:`set_episode` runs each generator once per episode and
+    :meth:`generated` gives block i's vectors. Put it before the :class:`~prompts.base.Prompt` base."""
+
+    _episode = None
+
+    def set_episode(self, support_nodes, support_labels):
+        """support_nodes ``[S, N0, D]`` (read by every block's generator) or ``{block: [S, N0, D]}``,
+        support_labels ``[S]``."""
+        per_block = support_nodes if isinstance(support_nodes, dict) else dict.fromkeys(self.blocks, support_nodes)
+        self._episode = {i: self.generators[str(i)](per_block[i], support_labels) for i in self.blocks}
+
+    def clear_episode(self):
+        self._episode = None
+
+    def generated(self, i: int) -> torch.Tensor:
+        """Block i's generated vectors ``[count, out_dim]`` of the current episode."""
+        if self._episode is None:
+            raise RuntimeError(f"{self.name}: call set_episode(support_nodes, support_labels) before the forward pass")
+        return self._episode[i]

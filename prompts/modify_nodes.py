@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import Prompt, register_prompt
-from .generator import SupportGenerator
+from .generator import PerBlockGenerated, SupportGenerator
 
 __all__ = ["GPF", "GPFPlus", "SupportGPF", "add_to_patch_nodes"]
 
@@ -77,7 +77,7 @@ class GPFPlus(Prompt):
 
 
 @register_prompt("modify")
-class SupportGPF(GPFPlus):
+class SupportGPF(PerBlockGenerated, GPFPlus):
     """Support-conditioned GPF-plus: basis ``P_0 + G(support)`` and a generated shared vector.
 
     Args:
@@ -91,23 +91,11 @@ class SupportGPF(GPFPlus):
         # one generator per block emits K basis offsets + 1 shared vector
         self.generators = nn.ModuleDict({str(i): SupportGenerator(self.dim, basis_size + 1, hidden=hidden)
                                          for i in self.blocks})
-        self._episode = None
-
-    def set_episode(self, support_nodes, support_labels):
-        self._episode = {i: self.generators[str(i)](support_nodes, support_labels) for i in self.blocks}
-
-    def clear_episode(self):
-        self._episode = None
-
-    def _generated(self, i: int) -> torch.Tensor:
-        if self._episode is None:
-            raise RuntimeError("modify: call set_episode(support_nodes, support_labels) before the forward pass")
-        return self._episode[i]
 
     def block_hook(self, i, x, node_mask):
         if i not in self.blocks:
             return x, node_mask
         j, n0 = self.blocks.index(i), self.num_patch_nodes
-        gen = self._generated(i)  # [K + 1, D]
+        gen = self.generated(i)  # [K + 1, D]
         delta = basis_prompt(x[:, :n0], self.attn[j], self.basis[j] + gen[:-1]) + gen[-1]
         return add_to_patch_nodes(x, delta, n0), node_mask

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .base import register_prompt
-from .generator import SupportGenerator
+from .generator import PerBlockGenerated, SupportGenerator
 from .vgp import VGP
 
 __all__ = ["SupportVGP"]
@@ -30,7 +30,7 @@ CONDITION_ON = ("blocks", "output")
 
 
 @register_prompt("svgp")
-class SupportVGP(VGP):
+class SupportVGP(PerBlockGenerated, VGP):
     """VGP + support-generated virtual-node offsets and patch-node shift per prompted block.
 
     Args:
@@ -50,7 +50,6 @@ class SupportVGP(VGP):
         self.condition_on = condition_on
         self.generators = nn.ModuleDict({str(i): SupportGenerator(self.dim, num_nodes + 1, hidden=hidden)
                                          for i in self.blocks})
-        self._episode = None
 
     def support_features(self, backbone, support_images):
         """``{block: [S, N0, D]}`` support nodes entering each prompted block (``condition_on="blocks"``),
@@ -69,17 +68,10 @@ class SupportVGP(VGP):
 
     def set_episode(self, support_nodes: Union[torch.Tensor, Dict[int, torch.Tensor]], support_labels):
         """support_nodes: :meth:`support_features`' output (``{block: [S, N0, D]}`` or ``[S, N0, D]``)."""
-        if self.condition_on == "blocks":
-            if not isinstance(support_nodes, dict):
-                raise ValueError("svgp(condition_on='blocks') needs the support nodes entering each block: pass "
-                                 "support_features(backbone, images) (a dict), not the backbone's output nodes")
-            per_block = support_nodes
-        else:
-            per_block = {i: support_nodes for i in self.blocks}
-        self._episode = {i: self.generators[str(i)](per_block[i], support_labels) for i in self.blocks}
-
-    def clear_episode(self):
-        self._episode = None
+        if self.condition_on == "blocks" and not isinstance(support_nodes, dict):
+            raise ValueError("svgp(condition_on='blocks') needs the support nodes entering each block: pass "
+                             "support_features(backbone, images) (a dict), not the backbone's output nodes")
+        super().set_episode(support_nodes, support_labels)
 
     def warm_start(self, vgp_state: Dict[str, torch.Tensor]) -> None:
         """Start from a trained VGP: load its state dict (every VGP tensor must match; the generators
@@ -96,9 +88,7 @@ class SupportVGP(VGP):
     def block_hook(self, i, x, node_mask):
         if i not in self.blocks:
             return x, node_mask
-        if self._episode is None:
-            raise RuntimeError("svgp: call condition() / set_episode() with the support set before the forward pass")
-        gen = self._episode[i]  # [M + 1, D]
+        gen = self.generated(i)  # [M + 1, D]
         return self.prompt_block(self.blocks.index(i), x, node_mask, shift=gen[-1], offsets=gen[:-1])
 
     def extra_repr(self):

@@ -115,7 +115,7 @@ def test_bad_input_gives_a_clear_message(backbone, support):
     prompt = prompts.create("svgp", backbone)
     with pytest.raises(ValueError, match="needs the support nodes entering each block"):
         prompt.set_episode(backbone.forward_features(images), labels)
-    with pytest.raises(RuntimeError, match="call condition"):
+    with pytest.raises(RuntimeError, match="svgp: call set_episode"):
         prompt.forward_nodes(backbone, images)
     with pytest.raises(ValueError, match="not a VGP state of the same shape"):
         prompt.warm_start(prompts.create("vgp", backbone, blocks="0").state_dict())
