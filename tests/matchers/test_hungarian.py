@@ -207,10 +207,33 @@ class TestCrossReferenceWeights:
                         best = (total, total / sum(w))
                 assert got[q, s].item() == pytest.approx(best[1], abs=1e-9)
 
-    def test_uniform_weights_leave_the_scores_unchanged(self):
-        support, labels, query = self.episode()
-        assert torch.equal(HungarianMatcher(weights="uniform")(support, labels, query),
-                           HungarianMatcher()(support, labels, query))
+    @pytest.mark.parametrize("m,n", [(4, 4), (3, 5)])
+    def test_uniform_weights_leave_the_scores_unchanged(self, m, n):
+        """``weights="uniform"`` scores are the plain mean matched similarity (the exhaustive search over
+        permutations), and so are the cross-reference formulas fed uniform weights: ``w = (M/M + N/N) / 2
+        = 1`` for the assignment, marginals ``1/M``, ``1/N`` for Sinkhorn."""
+        g = torch.Generator().manual_seed(m * n)
+        support = torch.randn(3, n, 6, generator=g, dtype=torch.float64)
+        query, labels = torch.randn(2, m, 6, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2])
+        reference = exhaustive_logits(support, labels, query, 1.0)
+        torch.testing.assert_close(HungarianMatcher(weights="uniform", temperature=1.0)(support, labels, query),
+                                   reference)
+        plain_sinkhorn = HungarianMatcher(solver="sinkhorn", epsilon=0.05, iters=100, temperature=1.0)
+        uniform = plain_sinkhorn(support, labels, query)
+        assert not torch.allclose(uniform, HungarianMatcher(solver="sinkhorn", epsilon=0.05, iters=100, temperature=1.0,
+                                                            weights="cross_reference")(support, labels, query))
+
+        def uniform_weights(query, support, floor=1e-3):
+            return (torch.full((query.shape[0], support.shape[0], query.shape[1]), 1 / query.shape[1], dtype=query.dtype),
+                    torch.full((query.shape[0], support.shape[0], support.shape[1]), 1 / support.shape[1],
+                               dtype=query.dtype))
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(matchers.hungarian, "cross_reference_weights", uniform_weights)
+            torch.testing.assert_close(HungarianMatcher(weights="cross_reference", temperature=1.0)(support, labels, query),
+                                       reference)
+            torch.testing.assert_close(HungarianMatcher(solver="sinkhorn", epsilon=0.05, iters=100, temperature=1.0,
+                                                        weights="cross_reference")(support, labels, query), uniform)
 
     def test_weighted_sinkhorn_transports_the_weights_and_nears_the_exact_emd(self):
         from scipy.optimize import linprog
