@@ -184,17 +184,26 @@ class EpisodeBank:
 
     @classmethod
     def load(cls, path: str | os.PathLike, images: ImageSet | None = None) -> "EpisodeBank":
-        """Read a bank saved by :meth:`save`; with ``images``, also check it belongs to them."""
+        """Read a bank saved by :meth:`save`; with ``images``, also check it belongs to them. Whatever
+        goes wrong (no file, an empty, text, truncated or foreign file, other contents) is one
+        :class:`DataError` line naming the file. (``episodes`` may not import ``models``, whose
+        ``read_checkpoint`` reads every other ``.pt`` file; this is the same ``weights_only`` load.)"""
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: episode bank file not found" if not os.path.exists(path) else
+                            f"{path}: not a fewshot episode bank (a folder, not a file)")
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path}: not a fewshot episode bank (the file is empty, 0 bytes)")
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
             meta = json.loads(d["meta"])
             bank = cls(d["classes"], d["support"], d["query"], int(meta["seed"]), str(meta["fingerprint"]),
                        str(meta.get("dataset", "")))
-        except FileNotFoundError:
-            raise DataError(f"{path}: episode bank file not found") from None
-        except Exception as e:
-            first = str(e).splitlines()[0] if str(e) else ""  # torch's unpickling errors run to many lines
-            raise DataError(f"{path}: not a fewshot episode bank ({e.__class__.__name__}: {first})") from e
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as e:  # torch's weights-only unpickler raises many kinds on foreign bytes
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+            raise DataError(f"{path}: not a fewshot episode bank ({e.__class__.__name__}"
+                            f"{': ' + first.split('. ')[0] if first else ''})") from None
         if images is not None:
             try:
                 bank.check(images)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from models.checkpoints import CheckpointReadError, read_checkpoint
+
 __all__ = ["save_atomic", "load_checkpoint", "CheckpointError"]
 
 _TEST_SAVE_DELAY = os.environ.get("FEWSHOT_TEST_SAVE_DELAY")
@@ -52,15 +54,19 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint dict safely (``weights_only=True``: tensors and plain containers only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    """Load a checkpoint dict safely (``weights_only=True``: tensors and plain containers only) through
+    the project's one reader, :func:`models.checkpoints.read_checkpoint`.
+
+    Raises:
+        CheckpointError: one line naming the file: not found, or "not a loadable fewshot checkpoint"
+            with what the file is instead (empty, text, truncated, pickled objects, no ``model`` entry).
+    """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a loadable fewshot checkpoint ({e.__class__.__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        obj = read_checkpoint(path)
+    except CheckpointReadError as e:
+        if e.kind == "missing":
+            raise CheckpointError(f"{e.path}: checkpoint not found") from None
+        raise CheckpointError(f"{e.path}: not a loadable fewshot checkpoint ({e.reason})") from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path}: not a fewshot checkpoint (no 'model' entry)")
     return obj

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "BackboneCheckpointError", "read_checkpoint", "unwrap_state_dict", "is_official_layout",
+    "BackboneCheckpointError", "CheckpointReadError", "read_checkpoint", "unwrap_state_dict", "is_official_layout",
     "split_official_block_key", "strip_fewshot_prefix", "official_head_key", "identity_batchnorm", "resize_pos_embed",
     "adapt_first_conv",
     "check_fits", "load_backbone_weights", "build_pretrained", "guess_backbone",
@@ -52,38 +52,105 @@ _OFFICIAL_BLOCK_PARTS = (  # (official suffix of backbone.{i}.{0|1}., ours under
     ("1", "fc2.", "ffn.fc2."),
 )
 _OFFICIAL_HEAD = (("prediction.0.", "head.pre_fc."), ("prediction.1.", "head.norm."), ("prediction.4.", "head.fc."))
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"  # pickle protocol >= 2: torch's legacy (non-zip) format starts with it
 
 
 class BackboneCheckpointError(ValueError):
     """A weights file is unreadable, unsafe, or does not fit the backbone; nothing was loaded."""
 
 
+class CheckpointReadError(BackboneCheckpointError):
+    """A file that ``torch.load(weights_only=True)`` cannot read (raised by :func:`read_checkpoint`).
+
+    Attributes:
+        path: the file, as given.
+        kind: ``"missing"``, ``"unreadable"``, ``"empty"``, ``"text"``, ``"not_torch"``,
+            ``"truncated"`` or ``"unsafe"`` (pickled Python objects that weights-only loading refuses).
+        reason: what is wrong, one line without the path (callers word their own line around it).
+    """
+
+    def __init__(self, path, kind: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.kind, self.reason = os.fspath(path), kind, reason
+
+
 def read_checkpoint(path: str | os.PathLike) -> object:
-    """``torch.load(path, weights_only=True)`` on CPU, with one clear line for each way it fails."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BackboneCheckpointError(f"{path}: no such file")
+    """``torch.load(path, map_location="cpu", weights_only=True)``: the project's one reader of ``.pt``
+    files (training and transfer checkpoints, backbone weights), so no code in a file is ever run.
+
+    Whatever torch raises (its weights-only unpickler raises ``IndexError``, ``EOFError``, ``OSError``,
+    ``RuntimeError``, ``UnpicklingError``, ... on foreign bytes) becomes one
+    :class:`CheckpointReadError` line naming the file and saying what it looks like instead: missing,
+    empty, text, a zip archive that is no torch file, truncated or corrupt, or pickled Python objects.
+    """
+    if not os.path.exists(path):
+        raise CheckpointReadError(path, "missing", "no such file")
+    if os.path.isdir(path):
+        raise CheckpointReadError(path, "unreadable", "a folder, not a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise CheckpointReadError(path, "unreadable", f"cannot be opened ({e.strerror or type(e).__name__})") from None
+    if not head:
+        raise CheckpointReadError(path, "empty", "the file is empty (0 bytes), not a file written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        if "weights only" in text.lower() or "weights_only" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f"a pickled {found.group(1)} object" if found else "pickled Python objects"
-            raise BackboneCheckpointError(
-                f"{path}: holds {what}, which torch.load(weights_only=True) refuses to unpickle; load it once "
-                "where you trust it and re-save the tensors alone: torch.save(model.state_dict(), 'weights.pth')"
-            ) from None
-        raise BackboneCheckpointError(f"{path}: not a torch checkpoint ({_first_sentence(text)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise BackboneCheckpointError(
-            f"{path}: cannot be read as a torch checkpoint, it is truncated or corrupt "
-            f"({_first_sentence(str(e)) or type(e).__name__}); download or copy it again") from None
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as e:  # torch's weights-only unpickler raises many kinds on foreign bytes
+        raise _diagnose(path, head, e) from None
 
 
-def _first_sentence(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line.split(". ")[0].rstrip(".")
+def _diagnose(path, head: bytes, error: Exception) -> CheckpointReadError:
+    """What the file is, from its first bytes and torch's error."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f"a pickled {found.group(1)} object" if found else "pickled Python objects"
+        return CheckpointReadError(path, "unsafe", (
+            f"holds {what}, which torch.load(weights_only=True) refuses to unpickle; load it once where you "
+            "trust it and re-save the tensors alone: torch.save(model.state_dict(), 'weights.pth')"))
+    corrupt = CheckpointReadError(path, "truncated", f"truncated or corrupt ({_first_sentence(text, error)}); "
+                                                     "copy or download it again")
+    if head.startswith(_ZIP_MAGIC):  # torch's format since 1.6 is a zip archive holding <name>/data.pkl
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return corrupt
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return CheckpointReadError(path, "not_torch", f"a zip archive of {len(names)} file(s) without torch's "
+                                                          "data.pkl, not a file written by torch.save")
+        return corrupt
+    if head.startswith(_PICKLE_PROTO):  # a pickle, as torch's legacy format and plain pickle.dump write
+        return corrupt
+    sample = _as_text(head)
+    if sample is not None:
+        return CheckpointReadError(path, "text", f"text, not a file written by torch.save (it begins {sample!r})")
+    return CheckpointReadError(path, "not_torch", f"not a file written by torch.save ({_first_sentence(text, error)})")
+
+
+def _as_text(head: bytes):
+    """The first line of ``head`` (at most 40 characters) when it reads as text, else None."""
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not just a character cut at the end of the sample
+            return None
+        decoded = head[:e.start].decode("utf-8")
+    if "\x00" in decoded or sum(c.isprintable() or c.isspace() for c in decoded) < 0.95 * len(decoded):
+        return None
+    first = decoded.strip().splitlines()[0] if decoded.strip() else ""
+    return first[:40] + ("..." if len(first) > 40 else "")
+
+
+def _first_sentence(text: str, error: Exception) -> str:
+    """The first line of torch's message, up to its first full stop (its messages run to many lines)."""
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "")
+    line = line.split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 def _is_tensor_dict(obj: object) -> bool:
