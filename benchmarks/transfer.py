@@ -35,7 +35,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import _results  # noqa: E402
 
-METHODS = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "svgp", "add", "modify", "delete", "soft-delete", "graph")
+METHODS = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "svgp", "provp", "provp-ref", "add", "modify", "delete", "soft-delete", "graph")
 DATASETS = ("glyphs", "digits", "omniglot")
 SCHEDULE = ("backbone", "train_per_class", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
             "warmup_epochs", "label_smoothing", "augment", "seed", "full_lr")

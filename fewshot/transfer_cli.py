@@ -10,7 +10,7 @@ from .cli_options import parse_pairs
 
 __all__ = ["transfer_cmd"]
 
-_ADAPT = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "svgp", "add", "modify", "delete", "soft-delete", "graph")
+_ADAPT = ("linear", "head", "full", "vpt", "vpt-shallow", "gpf", "gpf-plus", "vgp", "svgp", "provp", "provp-ref", "add", "modify", "delete", "soft-delete", "graph")
 """The same names as ``fewshot.transfer.ADAPT_MODES`` (a test keeps them equal)."""
 
 

@@ -6,7 +6,8 @@ features, delete nodes) through the backbone's hooks; see :mod:`prompts.base` fo
 Families: ``add`` (support-generated prompt nodes), ``modify`` / ``gpf`` / ``gpf-plus`` (feature
 prompts), ``delete`` (node deletion), ``soft-delete`` (learned soft keep
 probabilities with a sparsity target), ``graph`` (all three), ``vpt`` / ``vpt-shallow`` (free
-virtual nodes), ``vgp`` (Ai, Liu and Zhou, ICML 2025), ``svgp`` (VGP plus support-generated offsets, conditioned at each block) and ``damvp`` (one prompt per feature
+virtual nodes), ``vgp`` (Ai, Liu and Zhou, ICML 2025), ``svgp`` (VGP plus support-generated offsets, conditioned at each block), ``provp`` / ``provp-ref``
+(progressive prompt nodes, with contrastive feature re-formation: :mod:`prompts.provp`) and ``damvp`` (one prompt per feature
 cluster, :mod:`prompts.damvp`). Meta-learned initialisation (MAML, first-order MAML, Meta-SGD):
 :mod:`prompts.meta`. Scoring an episode, the support-only loss and the one tuning loop every
 adaptation path shares: :mod:`prompts.tuning`.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from .base import Prompt, accepted_options, create, get, list_prompts, options, parse_blocks, register_prompt
 from . import add_nodes, delete_nodes, graph, modify_nodes, soft_delete, vgp, vpt  # noqa: F401  (register the families)
 from . import support_vgp  # noqa: F401,E402  (after vgp, which it extends)
+from . import provp  # noqa: F401,E402  (ProVP / ProVP-Ref, Xu et al. 2023)
 from . import damvp  # noqa: F401,E402  (after the families it wraps)
 from .meta import META_INITS
 
