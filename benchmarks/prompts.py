@@ -79,6 +79,8 @@ METHODS = [
     ("svgp (output-conditioned)", "svgp", "amortised", {"condition_on": "output"}, {}),
     ("svgp from VGP", "svgp", "amortised", {}, {}),
     ("VGP (2x meta-episodes)", "vgp", "amortised", {}, {}),
+    ("ProVP", "provp", "amortised", {}, {}),
+    ("ProVP-Ref", "provp-ref", "amortised", {}, {}),
 ]
 LABELS = [m[0] for m in METHODS]
 WARM_FROM = {"svgp from VGP": "VGP"}
