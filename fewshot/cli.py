@@ -488,6 +488,8 @@ def ui(tracking_uri, host, port):
 from .transfer_cli import transfer_cmd as _transfer_cmd  # noqa: E402  (click only: torch loads when it runs)
 
 cli.add_command(_transfer_cmd)
+from .predict_cli import predict_cmd as _predict_cmd  # noqa: E402  (click only, as transfer)
+cli.add_command(_predict_cmd)
 
 
 def main(argv=None):

@@ -38,7 +38,7 @@ from .model import build_model, count_parameters, default_backbone, episode_img_
 from .pretraining import pretrain
 from .tracking import ending, make_tracker
 
-__all__ = ["Run", "prepare", "train", "resolve_device", "start_process"]
+__all__ = ["Run", "prepare", "train", "train_objective", "resolve_device", "start_process"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,22 @@ def _resume(run: Run, opt, sched, path: Path):
     return int(ckpt["step"]), dict(ckpt["best"]), ckpt.get("mlflow_run_id") or None
 
 
+def train_objective(model: torch.nn.Module) -> str:
+    """What the training loss scores: the matcher's logits, or the differentiable surrogate a matcher
+    without a gradient names in ``gradient_surrogate`` (k-NN's votes: ``matchers.KNNMatcher``)."""
+    return getattr(model.matcher, "gradient_surrogate", None) or "cross-entropy of the matcher's logits"
+
+
+def _no_gradient(config: Config) -> ConfigError:
+    """The one line for a matcher whose logits carry no gradient and that names no surrogate."""
+    import matchers
+
+    return ConfigError(f"--matcher {config.matcher} gives logits without a gradient, so it cannot train a model; "
+                       f"train with a differentiable matcher (e.g. --matcher prototype), then score the trained run "
+                       f"with it: fewshot eval --run-dir <run> --matcher {config.matcher} "
+                       f"(matchers: {', '.join(matchers.list_matchers())})")
+
+
 def _episode_batch(run: Run, step: int):
     """Training episode ``step`` on the device: ``(support [S, C, H, W] uint8, support_labels [S],
     query [Q, C, H, W] uint8, query_labels [Q])``, augmented by ``--augment`` with a generator seeded
@@ -172,6 +188,8 @@ def _episodic_step(run: Run, step: int):
     s_img, s_lab, q_img, q_lab = _episode_batch(run, step)
     with autocast_for(run.device):
         logits = run.forward_model(s_img, s_lab, q_img)
+    if not logits.requires_grad:
+        raise _no_gradient(run.config)
     loss = F.cross_entropy(logits.float(), q_lab)
     if hasattr(run.model, "regulariser"):  # a prompt's extra loss term (e.g. soft-delete's sparsity target)
         loss = loss + run.model.regulariser().to(loss)
@@ -217,11 +235,13 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
                                      "trainable_params": params["trainable"], "frozen_params": params["frozen"],
                                      "train_fingerprint": run.splits.train.fingerprint,
                                      "test_bank_id": run.test_bank.bank_id, "world_size": run.world,
-                                     "backbone_source_dataset": _backbone_source(config)}, run_id=run_id,
+                                     "backbone_source_dataset": _backbone_source(config),
+                                     "train_objective": train_objective(model)}, run_id=run_id,
                   tags={"command": "train"})
     if run_id is None:
         tracker.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
     log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
+    log.info("training objective: %s", train_objective(model))
     with ending(tracker):
         model.fit(run.splits.train.images, seed=run.config.seed)  # e.g. DAM-VP's centroids; kept when resumed
         if step == 0:  # a run resumed mid-way through episodic training has finished pretraining

@@ -49,7 +49,7 @@ class TestConfig:
 
     @pytest.mark.parametrize("changes,message", [
         ({"matcher": "knn", "matcher_opts": {"kk": 1}}, "matcher 'knn' has no option 'kk'; its options: k, metric, "
-                                                         "weighted, level. Did you mean 'k'?"),
+                                                         "weighted, level, surrogate, temperature. Did you mean 'k'?"),
         ({"matcher": "knn", "matcher_opts": {"k": "two"}}, "matcher 'knn' option k: expected an integer, got 'two'"),
         ({"matcher": "hungarian", "matcher_opts": {"solver": "sinkorn"}}, "Did you mean 'sinkhorn'?"),
         ({"prompt": "vgp", "prompt_opts": {"rank": 2.5}}, "prompt 'vgp' option rank: expected an integer, got 2.5"),
@@ -109,8 +109,8 @@ class TestCommandLine:
         assert "matcher_opts:" in saved and "discriminative: true" in saved and "k: 2" in saved
 
     @pytest.mark.parametrize("args,message", [
-        (["--matcher", "knn", "--matcher-opt", "kk=1"], "has no option 'kk'; its options: k, metric, weighted, level. "
-                                                        "Did you mean 'k'?"),
+        (["--matcher", "knn", "--matcher-opt", "kk=1"], "has no option 'kk'; its options: k, metric, weighted, level, "
+                                                        "surrogate, temperature. Did you mean 'k'?"),
         (["--matcher", "knn", "--matcher-opt", "k=x"], "matcher 'knn' option k: expected an integer, got 'x'"),
         (["--matcher-opt", "metric"], "expected NAME=VALUE, got 'metric'"),
         (["--prompt", "vgp", "--prompt-opt", "rank=low"], "prompt 'vgp' option rank: expected an integer"),

@@ -103,10 +103,91 @@ def test_euclidean_is_an_alias_of_l2(episode_tensors):
     torch.testing.assert_close(KNNMatcher(metric="euclidean")(*episode), KNNMatcher(metric="l2")(*episode))
 
 
-def test_logits_carry_no_gradient_and_keep_the_input_dtype(episode_tensors):
+def test_votes_carry_no_gradient_without_grad_mode_and_keep_the_input_dtype(episode_tensors):
     support, labels, query, _ = episode_tensors(5, 2, 3)
-    logits = KNNMatcher()(support.double().requires_grad_(True), labels, query.double().requires_grad_(True))
+    support, query = support.double().requires_grad_(True), query.double().requires_grad_(True)
+    with torch.no_grad():
+        logits = KNNMatcher()(support, labels, query)
     assert not logits.requires_grad and logits.dtype == torch.float64
+    torch.testing.assert_close(logits, KNNMatcher()(support.detach(), labels, query.detach()))  # the votes
+
+
+def reference_surrogate(support, labels, query, way, surrogate, metric, temperature):
+    """One query and one class at a time, in float64: log of the summed exp-similarities of the class's
+    support vectors (soft neighbours), or the similarity to the class mean (prototype)."""
+    support, query = support.double(), query.double()
+    if metric == "cosine":
+        support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    sim = (lambda a, b: float(a @ b)) if metric == "cosine" else (lambda a, b: -float(((a - b) ** 2).sum()))
+    out = torch.zeros(query.shape[0], way, dtype=torch.float64)
+    for q in range(query.shape[0]):
+        for c in range(way):
+            members = support[labels == c]
+            if surrogate == "prototype":
+                out[q, c] = sim(query[q], members.mean(0)) / temperature
+            else:
+                out[q, c] = torch.tensor([sim(query[q], s) / temperature for s in members]).exp().sum().log()
+    return out
+
+
+class TestSurrogate:
+    """When a gradient is asked for, the logits are the surrogate's, and the gradient reaches the features."""
+
+    @pytest.mark.parametrize("surrogate", ["soft_neighbours", "prototype"])
+    @pytest.mark.parametrize("metric,temperature", [("l2", 4.0), ("cosine", 0.1)])
+    @pytest.mark.parametrize("level", ["pooled", "nodes"])
+    def test_logits_equal_a_loop_reference_and_the_gradient_reaches_both_sides(
+            self, episode_tensors, surrogate, metric, temperature, level):
+        support, labels, query, query_labels = episode_tensors(4, 3, 2, nodes=3, dim=6, seed=7)
+        support, query = support.requires_grad_(True), query.requires_grad_(True)
+        m = KNNMatcher(k=3, metric=metric, level=level, surrogate=surrogate, temperature=temperature)
+        logits = m(support, labels, query)
+        if level == "nodes":
+            want = reference_surrogate(support.detach().flatten(0, 1), labels.repeat_interleave(3),
+                                       query.detach().flatten(0, 1), 4, surrogate, metric, temperature)
+            want = want.view(query.shape[0], 3, 4).mean(1)
+        else:
+            want = reference_surrogate(support.detach().mean(1), labels, query.detach().mean(1), 4, surrogate, metric,
+                                       temperature)
+        torch.testing.assert_close(logits.double(), want, rtol=1e-4, atol=1e-4)
+        F.cross_entropy(logits, query_labels).backward()
+        assert support.grad.abs().sum() > 0 and query.grad.abs().sum() > 0
+        assert torch.isfinite(support.grad).all() and torch.isfinite(query.grad).all()
+
+    def test_soft_neighbours_at_a_low_temperature_decide_as_the_nearest_neighbour(self, episode_tensors):
+        support, labels, query, _ = episode_tensors(5, 3, 4, dim=8, seed=3)
+        with torch.no_grad():
+            one_nn = KNNMatcher(k=1)(support, labels, query).argmax(1)
+        soft = KNNMatcher(k=1, temperature=1e-3)(support, labels, query.clone().requires_grad_(True)).argmax(1)
+        assert torch.equal(soft, one_nn)
+
+    def test_the_prototype_surrogate_is_the_prototype_matcher(self, episode_tensors):
+        from matchers import PrototypeMatcher
+
+        support, labels, query, _ = episode_tensors(5, 2, 3, seed=1)
+        query = query.requires_grad_(True)
+        torch.testing.assert_close(KNNMatcher(surrogate="prototype", temperature=2.0)(support, labels, query),
+                                   PrototypeMatcher(temperature=2.0)(support, labels, query))
+
+    def test_the_run_is_told_what_trains(self):
+        text = KNNMatcher(k=3, surrogate="prototype", metric="cosine", temperature=0.1).gradient_surrogate
+        assert text.startswith("cross-entropy of prototype logits (class means), cosine similarity / temperature 0.1")
+        assert "surrogate of knn (k=3)" in text and "validation and test score with the k-NN votes" in text
+        assert "soft-neighbour (NCA)" in KNNMatcher().gradient_surrogate
+
+
+def test_importing_faiss_holds_its_loader_at_warning_and_restores_the_level():
+    import logging
+
+    from matchers.knn import import_faiss
+
+    loader = logging.getLogger("faiss.loader")
+    loader.setLevel(logging.DEBUG)
+    try:
+        assert import_faiss().IndexFlatL2 is not None
+        assert loader.level == logging.DEBUG
+    finally:
+        loader.setLevel(logging.NOTSET)
 
 
 def test_queries_equal_to_a_support_vector_get_its_class(episode_tensors):
@@ -121,7 +202,9 @@ def test_the_engine_is_told_which_features_to_pass(level, expected):
 
 class TestOptions:
     @pytest.mark.parametrize("kwargs,name", [({"k": 0}, "k"), ({"k": True}, "k"), ({"metric": "manhattan"}, "metric"),
-                                             ({"weighted": 1}, "weighted"), ({"level": "patches"}, "level")])
+                                             ({"weighted": 1}, "weighted"), ({"level": "patches"}, "level"),
+                                             ({"surrogate": "nca"}, "surrogate"), ({"temperature": 0}, "temperature"),
+                                             ({"temperature": True}, "temperature")])
     def test_invalid_options_are_refused_naming_the_option(self, kwargs, name):
         with pytest.raises(ValueError, match=name):
             KNNMatcher(**kwargs)
