@@ -28,12 +28,13 @@ def seeded_model(seed=0, **settings) -> torch.nn.Module:
     """A freshly initialised model of ``Config(**settings)`` for 28 x 28 grayscale images (global RNG untouched)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return build_model(Config(**{"backbone": "test_vig", **settings}), 28, 1).eval()
+        return build_model(Config(**{"backbone": "test_vig", "matcher": "prototype", **settings}), 28, 1).eval()
 
 
 def write_run(folder, seed=0, **settings):
     """A run folder as ``fewshot train`` leaves it (config.yaml, best.pt), with seeded untrained weights."""
-    config = Config(**{"dataset": "glyphs", "backbone": "test_vig", "run_dir": str(folder), "track": False, **settings})
+    config = Config(**{"dataset": "glyphs", "backbone": "test_vig", "matcher": "prototype", "run_dir": str(folder),
+                       "track": False, **settings})
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     save_atomic({"model": seeded_model(seed, **settings).state_dict()}, folder / "best.pt")
@@ -305,7 +306,7 @@ class TestPretrainedAndRuns:
             monkeypatch.setitem(sys.modules, "fewshot.pretrained", module)
             monkeypatch.setattr(fewshot, "pretrained", module, raising=False)
         loads = []
-        config = Config(backbone="test_vig", metric="cosine", temperature=0.5)
+        config = Config(backbone="test_vig", matcher="prototype", metric="cosine", temperature=0.5)
 
         def load_pretrained(name):
             loads.append(name)
