@@ -26,10 +26,11 @@ EVAL_EPISODES = 6
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny trained Conv-4 run on glyphs (3-way 1-shot, 2 queries), no tracking."""
+    """A tiny trained Conv-4 ProtoNet run on glyphs (3-way 1-shot, 2 queries), no tracking."""
     folder = tmp_path_factory.mktemp("cli") / "run"
-    train(Config(dataset="glyphs", way=3, shot=1, query=2, episodes=4, val_episodes=2, val_every=2,
-                 eval_episodes=EVAL_EPISODES, track=False, threads=1, run_dir=str(folder)), progress=False)
+    train(Config(dataset="glyphs", backbone="conv4", matcher="prototype", augment="none", way=3, shot=1, query=2,
+                 episodes=4, val_episodes=2, val_every=2, eval_episodes=EVAL_EPISODES, track=False, threads=1,
+                 run_dir=str(folder)), progress=False)
     return folder
 
 
@@ -40,10 +41,10 @@ def eval_json(run_dir, *options) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def reference_accuracy(run_dir, way, bank_seed, matcher, shot=1) -> tuple:
+def reference_logits(run_dir, way, bank_seed, matcher, shot=1) -> tuple:
     """Independent scoring: the run's best.pt backbone embeds each episode's images (pooled, or its
-    nodes for a node-level matcher), ``matcher`` scores them, accuracy = correct queries / queries;
-    the bank is drawn here from (way, shot, bank_seed)."""
+    nodes for a node-level matcher) and ``matcher`` scores them; the bank is drawn here from (way, shot,
+    bank_seed). Returns ``([logits [Q, way] of each episode], bank)``."""
     import models
 
     test = load_splits("glyphs").test
@@ -53,15 +54,26 @@ def reference_accuracy(run_dir, way, bank_seed, matcher, shot=1) -> tuple:
     backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
     backbone.eval()
     m = matchers.create(matcher)
-    accs = []
+    logits = []
     with torch.no_grad():
         for ep in bank:
             def embed(idx):
                 nodes = backbone.forward_features(to_input(test.images[idx]))
                 return nodes if getattr(m, "input", "pooled") == "nodes" else backbone.forward_head(nodes, pre_logits=True)
-            logits = m(embed(ep.support), ep.support_labels, embed(ep.query))
-            accs.append(sum(int(p == t) for p, t in zip(logits.argmax(-1).tolist(), ep.query_labels.tolist()))
-                        / len(ep.query_labels))
+            logits.append(m(embed(ep.support), ep.support_labels, embed(ep.query)))
+    return logits, bank
+
+
+def episode_accuracies(logits, bank) -> list:
+    """Correct queries / queries of each episode, from its logits."""
+    return [sum(int(p == t) for p, t in zip(lg.argmax(-1).tolist(), ep.query_labels.tolist())) / len(ep.query_labels)
+            for lg, ep in zip(logits, bank)]
+
+
+def reference_accuracy(run_dir, way, bank_seed, matcher, shot=1) -> tuple:
+    """``(mean accuracy, bank)`` of :func:`reference_logits`."""
+    logits, bank = reference_logits(run_dir, way, bank_seed, matcher, shot)
+    accs = episode_accuracies(logits, bank)
     return sum(accs) / len(accs), bank
 
 
@@ -78,19 +90,38 @@ def test_bank_seed_picks_the_bank(run_dir):
         assert result["test_acc"] == pytest.approx(acc, abs=1e-6)  # float32 per-episode accuracies; one query is 1/36
 
 
-@pytest.mark.parametrize("options,way,shot,matcher", [
-    (("--way", "4"), 4, 1, "prototype"),
-    (("--matcher", "patch_voting"), 3, 1, "patch_voting"),
-    (("--way", "2", "--shot", "3", "--matcher", "knn"), 2, 3, "knn"),
-])
-def test_eval_scores_the_trained_weights_with_another_way_or_matcher(run_dir, options, way, shot, matcher):
-    result = eval_json(run_dir, *options)
-    acc, bank = reference_accuracy(run_dir, way, 0, matcher, shot)
-    if matcher != "prototype":  # the new matcher really decides: the trained one scores these episodes otherwise
-        assert acc != pytest.approx(reference_accuracy(run_dir, way, 0, "prototype", shot)[0], abs=1e-6)
+@pytest.mark.parametrize("changes", [
+    {"way": 4},
+    {"matcher": "patch_voting"},
+    {"way": 2, "shot": 3, "matcher": "knn"},
+], ids=["way", "patch_voting", "knn-2way3shot"])
+def test_eval_scores_the_trained_weights_with_another_way_or_matcher(run_dir, changes):
+    from fewshot.cli import build_config
+    from fewshot.evaluate_run import load_run_config, load_trained_model
+
+    way, shot, matcher = changes.get("way", 3), changes.get("shot", 1), changes.get("matcher", "prototype")
+    result = eval_json(run_dir, *[a for k, v in changes.items() for a in (f"--{k}", str(v))])
+    logits, bank = reference_logits(run_dir, way, 0, matcher, shot)
     assert result["test_way"] == way and result["test_shot"] == shot and result["matcher"] == matcher
     assert result["test_bank_id"] == bank.bank_id and result["test_episodes"] == EVAL_EPISODES
-    assert result["test_acc"] == pytest.approx(acc, abs=1e-6)  # float32 per-episode accuracies; one query is 1/36
+    # episode by episode, the accuracies fewshot eval stored are the reference matcher's (float32, 6 decimals)
+    stored = [float(a) for a in (Path(result["eval_dir"]) / "test_episode_accuracies.txt").read_text().split()]
+    assert stored == pytest.approx(episode_accuracies(logits, bank), abs=1e-6)
+    assert result["test_acc"] == pytest.approx(sum(stored) / len(stored), abs=1e-6)
+    if matcher != "prototype":
+        # the new matcher decides, checked on what it decides and not on a mean that can tie: the model
+        # `fewshot eval` builds from these options gives each query the new matcher's logits, which are
+        # not the trained matcher's
+        config = build_config(None, changes, base=load_run_config(run_dir))
+        test = load_splits("glyphs").test
+        model, _ = load_trained_model(run_dir, config, test)
+        model.eval()
+        trained, _ = reference_logits(run_dir, way, 0, "prototype", shot)
+        with torch.no_grad():
+            for ep, want, other in zip(bank, logits, trained):
+                got = model(test.images[ep.support], ep.support_labels, test.images[ep.query])
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+                assert got.shape == other.shape and not torch.allclose(got, other, rtol=1e-3, atol=1e-3)
 
 
 def count_zip(path: Path) -> dict:
