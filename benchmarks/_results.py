@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["commit", "command", "checkpoint_info", "provenance", "markdown_header", "text_header",
-           "paired", "paired_cell", "load_previous", "merge_rows", "write_json", "cpu_model", "smoke_run"]
+__all__ = ["commit", "command", "shown_path", "shown_arg", "checkpoint_info", "provenance", "markdown_header",
+           "text_header", "paired", "paired_cell", "load_previous", "merge_rows", "write_json", "cpu_model", "smoke_run"]
 
 HEADER_MARK = "Untouched output of"
 """Every header says this; tests look for it."""
@@ -60,14 +60,47 @@ def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     return f"{head}-dirty" if changed else head
 
 
+def shown_path(path) -> str:
+    """``path`` as a results file shows it: relative to the repository root when it lies inside the
+    repository or beside it, in the repository's parent (``/home/me/fewshot/runs/x`` -> ``runs/x``,
+    ``/home/me/shared/data/omniglot`` -> ``../shared/data/omniglot``), so that the command runs on
+    any machine with the same layout; a relative path or one elsewhere is left as it is."""
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    norm, root = os.path.normpath(text), os.path.normpath(str(ROOT))
+    for base in (root, os.path.dirname(root)):
+        if norm == base or norm.startswith(base.rstrip(os.sep) + os.sep):
+            rel = os.path.relpath(norm, root)
+            return rel + (os.sep if text.endswith(os.sep) and rel != "." else "")
+    return text
+
+
+_SQLITE = "sqlite:///"
+
+
+def shown_arg(arg) -> str:
+    """A command-line word with the absolute path in it shown by :func:`shown_path`: the whole word,
+    the value of ``--option=PATH``, or the database of a ``sqlite:////abs/path.db`` URI (which becomes
+    ``sqlite:///runs/...``, relative to where the command runs)."""
+    text = str(arg)
+    if text.startswith(_SQLITE + "/"):
+        return _SQLITE + shown_path(text[len(_SQLITE):])
+    if text.startswith("--") and "=" in text:
+        name, value = text.split("=", 1)
+        return f"{name}={shown_arg(value)}"
+    return shown_path(text)
+
+
 def command(script: str, argv: Sequence[str]) -> str:
-    """The command line that reruns ``script`` (a path) with ``argv``, from the repository root."""
+    """The command line that reruns ``script`` (a path) with ``argv``, from the repository root, with
+    the paths in it relative to the repository root where they lie in it or beside it (:func:`shown_arg`)."""
     path = Path(script).resolve()
     try:
         shown = str(path.relative_to(ROOT))
     except ValueError:
         shown = str(path)
-    return shlex.join(["python", shown, *map(str, argv)])
+    return shlex.join(["python", shown, *map(shown_arg, argv)])
 
 
 def cpu_model() -> str:
@@ -82,11 +115,12 @@ def cpu_model() -> str:
 
 def checkpoint_info(path) -> Optional[dict]:
     """Path, sha256 fingerprint (16 hex digits), and the step / validation accuracy the checkpoint
-    stores (``fewshot train``'s best.pt holds both); ``None`` for no checkpoint."""
+    stores (``fewshot train``'s best.pt holds both); ``None`` for no checkpoint. The path is shown
+    by :func:`shown_path`."""
     if path is None:
         return None
     path = Path(path)
-    info = {"path": str(path)}
+    info = {"path": shown_path(path)}
     if not path.is_file():
         info["missing"] = True
         return info
@@ -138,7 +172,7 @@ def provenance(script: str, argv: Sequence[str], checkpoint=NO_BACKBONE, outputs
                       f"torch {torch.__version__}, Python {platform.python_version()}"}
     if checkpoint != NO_BACKBONE:
         out["checkpoint"] = checkpoint_info(checkpoint)
-    return {**out, **extra}
+    return {**out, **{k: shown_arg(v) if isinstance(v, (str, Path)) else v for k, v in extra.items()}}
 
 
 def _run_line(run: dict) -> str:

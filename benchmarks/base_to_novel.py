@@ -274,7 +274,7 @@ def main(argv=None) -> None:
             write_scores(folder, accs.tolist(), result)
             rows.append({"method": label, "prompt": name, "options": opts, "split": split, "acc": mean, "ci95": ci,
                          "episodes": len(accs), "bank_id": banks[split].bank_id, "trainable": trainable,
-                         "meta_train_s": meta_s, "run_dir": str(folder), "run": len(runs),
+                         "meta_train_s": meta_s, "run_dir": _results.shown_path(folder), "run": len(runs),
                          "episode_accuracies": [round(a, 6) for a in accs.tolist()]})
             print(f"  {label:<28} {split:<5} {100 * mean:6.2f} +- {100 * ci:5.2f}  ({trainable} trainable, "
                   f"meta-training {meta_s:.0f} s) -> {folder}", flush=True)

@@ -180,7 +180,7 @@ def main(argv=None) -> None:
                          "test_images": res["test_images"], "num_classes": res["num_classes"],
                          "trainable_params": res["trainable_params"],
                          "params_apart_from_classifier": res["trainable_params"] - classifier_params(res, dim),
-                         "wall_seconds": res["wall_seconds"], "run_dir": res["run_dir"],
+                         "wall_seconds": res["wall_seconds"], "run_dir": _results.shown_path(res["run_dir"]),
                          "test_set_id": res["test_set_id"], "vs": vs, "run": len(runs)})
     rows = _results.merge_rows(old_rows, rows, key=lambda r: (r["dataset"], r["method"]))
     _results.write_json(out / "transfer.json", runs, rows)
