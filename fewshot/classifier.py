@@ -295,8 +295,13 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
 def _load_pretrained(name: str) -> _Source:
     from registry import unknown_name_error
 
-    from . import pretrained
-
+    try:
+        from . import pretrained
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.pretrained":
+            raise
+        raise ValueError(f"shipped weights ({name!r}) are not available: this installation has no "
+                         f"fewshot.pretrained; use run_dir= or model=") from None
     names = pretrained.list_pretrained()
     if name not in names:
         raise unknown_name_error("pretrained weights", name, names)

@@ -42,7 +42,7 @@ def _query_files(queries, query_dir) -> list:
 
 
 @click.command("predict")
-@click.option("--weights", metavar="NAME", help="Shipped weights, e.g. vig_small_c4_28.omniglot_minimal.")
+@click.option("--weights", metavar="NAME", help="Shipped weights, e.g. vig_small_c4_28.omniglot_minimal (names: fewshot weights).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder of a fewshot train run.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), help="Which weights of --run-dir  [default: best]")
 @click.option("--support", required=True, type=click.Path(path_type=Path),
@@ -67,7 +67,9 @@ def predict_cmd(weights, run_dir, checkpoint, support, queries, query_dir, top_k
     """Classify images among the classes of --support (one folder of images per class).
 
     Each image is converted and resized to what the model takes; the support images are embedded
-    once. One line per query (path, class, probability, runner-up), then how many queries each class got.
+    once. One line per query: its path, the predicted class and its score, the runner-up and its score
+    (--top-k N: the N best), a score being the class probability (softmax of the matcher's logits); then
+    how many queries each class got.
 
     \b
     Example:

@@ -290,3 +290,13 @@ def test_a_trained_run_predicts_what_its_own_model_scores(trained_run, glyph_fol
         logits = model.eval()(to_model_images(files, 28, 1), labels, to_model_images(query_files, 28, 1))
     assert [p["class"] for p in out["predictions"]] == [sorted(CLASSES)[j] for j in logits.argmax(1).tolist()]
     assert [p["score"] for p in out["predictions"]] == pytest.approx(logits.softmax(1).max(1).values.tolist(), abs=1e-5)
+
+
+def test_its_help_loads_neither_torch_nor_a_registry():
+    import subprocess
+
+    code = ("import sys; from click.testing import CliRunner; from fewshot.cli import cli; "
+            "r = CliRunner().invoke(cli, ['predict', '--help']); assert r.exit_code == 0 and '--query-dir' in r.output; "
+            "print(sorted(m for m in ('torch', 'sklearn', 'matchers', 'episodes', 'models') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
