@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from matchers import HungarianMatcher, KNNMatcher, PatchVotingMatcher, PrototypeMatcher  # noqa: E402
+from matchers import DN4Matcher, HungarianMatcher, KNNMatcher, PatchVotingMatcher, PrototypeMatcher  # noqa: E402
 from matchers.hungarian import sinkhorn_plan  # noqa: E402
 
 sys.path.insert(1, str(Path(__file__).resolve().parent))
@@ -104,6 +104,53 @@ def naive_sinkhorn(support, labels, query, way):
     return _per_pair(support, labels, query, way, lambda sim: (sinkhorn_plan(1 - sim, 0.05, 50) * sim).sum(), 0.1)
 
 
+def _cross_reference(x, y):
+    """DeepEMD's weights of one pair's nodes, node by node: ``a[m] = relu(x[m] . mean(y)) + 1e-3``
+    (``b`` likewise for ``y``), each normalised to sum 1."""
+    a = torch.stack([torch.relu(x[m] @ y.mean(0)) + 1e-3 for m in range(x.shape[0])])
+    b = torch.stack([torch.relu(y[n] @ x.mean(0)) + 1e-3 for n in range(y.shape[0])])
+    return a / a.sum(), b / b.sum()
+
+
+def _per_pair_weighted(support, labels, query, way, pair_score, temperature):
+    """Like :func:`_per_pair`, ``pair_score(sim, a, b)`` also given the pair's cross-reference weights."""
+    scores = torch.empty(query.shape[0], support.shape[0])
+    for q in range(query.shape[0]):
+        for s in range(support.shape[0]):
+            sim = F.normalize(query[q], dim=-1) @ F.normalize(support[s], dim=-1).T
+            scores[q, s] = pair_score(sim, *_cross_reference(query[q], support[s]))
+    return torch.stack([scores[:, labels == c].mean(1) for c in range(way)], 1) / temperature
+
+
+def naive_hungarian_cross_reference(support, labels, query, way):
+    from scipy.optimize import linear_sum_assignment
+
+    def score(sim, a, b):
+        w = (sim.shape[0] * a[:, None] + sim.shape[1] * b[None, :]) / 2  # [M, N] pair weights
+        rows, cols = linear_sum_assignment((-(w * sim)).numpy())  # the assignment maximising sum w * sim
+        rows, cols = torch.from_numpy(rows), torch.from_numpy(cols)
+        return (w * sim)[rows, cols].sum() / w[rows, cols].sum()
+
+    return _per_pair_weighted(support, labels, query, way, score, 0.1)
+
+
+def naive_sinkhorn_cross_reference(support, labels, query, way):
+    return _per_pair_weighted(support, labels, query, way,
+                              lambda sim, a, b: (sinkhorn_plan(1 - sim, 0.05, 50, a, b) * sim).sum(), 0.1)
+
+
+def naive_dn4(support, labels, query, way, k=3):
+    """Per query image and class: each query node's k most similar nodes among the class's support
+    nodes, similarities summed over k and over the query nodes (reduce "sum", temperature 1)."""
+    logits = torch.empty(query.shape[0], way)
+    for q in range(query.shape[0]):
+        x = F.normalize(query[q], dim=-1)
+        for c in range(way):
+            nodes = F.normalize(support[labels == c].flatten(0, 1), dim=-1)  # [shot*N, D]
+            logits[q, c] = (x @ nodes.T).topk(k, dim=1).values.sum()
+    return logits
+
+
 def _knn_rows(dist, neighbour_labels, way, k):
     """Counts plus the tie bonus, one neighbour rank at a time; ``dist`` ascending."""
     logits = torch.zeros(dist.shape[0], way)
@@ -142,8 +189,12 @@ ENTRIES: Dict[str, Tuple[Callable, Callable]] = {
                                       lambda *a: naive_patch_voting(*a, discriminative=True)),
     "hungarian": (HungarianMatcher(), naive_hungarian),
     "hungarian:sinkhorn": (HungarianMatcher(solver="sinkhorn"), naive_sinkhorn),
+    "hungarian:cross_reference": (HungarianMatcher(weights="cross_reference"), naive_hungarian_cross_reference),
+    "hungarian:sinkhorn:cross_reference": (HungarianMatcher(solver="sinkhorn", weights="cross_reference"),
+                                           naive_sinkhorn_cross_reference),
     "knn": (KNNMatcher(), naive_knn),
     "knn:nodes": (KNNMatcher(level="nodes"), naive_knn_nodes),
+    "dn4": (DN4Matcher(k=3, temperature=1.0, reduce="sum"), naive_dn4),
 }
 
 

@@ -19,7 +19,7 @@ authors' code (it is fixed to 224x224 inputs), so they get our figures only.
 
 The table goes to ``--out`` (default ``benchmarks/results/vig_speed.md``) under a header that
 records the command, the commit and the machine; the rows, with every timed step, go to the JSON
-beside it. ``--smoke`` times ``test_vig`` for one step (seconds) into a temporary folder.
+beside it. ``--smoke`` times ``test_vig`` for ``--reps`` steps (seconds) into a temporary folder.
 
 Example:
     python benchmarks/vig_speed.py --official-dir /tmp/official/vig_pytorch --batch 8 --reps 3
@@ -227,14 +227,14 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", default=None, help="Markdown file (default benchmarks/results/vig_speed.md; with --smoke "
                                                "a temporary folder); the JSON rows go beside it")
-    p.add_argument("--smoke", action="store_true", help="seconds: test_vig, batch 2, one step, no memory")
+    p.add_argument("--smoke", action="store_true", help="seconds: test_vig, batch 2, --reps steps, no memory")
     p.add_argument("--memory-child", nargs=2, metavar=("NAME", "WHICH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
         return memory_child(*args.memory_child, args.batch, args.official_dir)
     if args.smoke:
-        args.models, args.batch, args.reps, args.no_memory = "test_vig", 2, 1, True
+        args.models, args.batch, args.no_memory = "test_vig", 2, True  # --reps as given (default 3)
     if args.out is None:
         args.out = (Path(tempfile.mkdtemp(prefix="vig_speed-")) / "vig_speed.md" if args.smoke
                     else REPO / "benchmarks/results/vig_speed.md")
