@@ -42,14 +42,27 @@ class TestRegistry:
         assert set(SIZES) | set(SMALL) <= set(models.list_backbones())
 
     @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
-    def test_parameter_count_is_within_1_percent_of_the_paper(self, name):
+    def test_trainable_parameter_count_is_the_papers(self, name):
+        """One rule for every size: the trainable parameters (the fixed relative-position terms, a
+        ``requires_grad=False`` Parameter in the authors' ``Grapher``, a buffer here, are not counted).
+
+        The paper does not say how it counts. Its Ti, S and B figures are the trainable counts (within
+        0.5 %); counting the relative-position terms too would put Ti 16.7 %, S 6.3 % and B 2.8 % over.
+        Its M figure (51.7M) is the exception: it is the trainable count *plus* those terms (49.53M +
+        2.16M, 51.68M); by the rule used for the other three sizes M is 4.2 % under the paper, so M is
+        held to that gap (4.5 %), not to 1 %: the paper counted M differently, not our M that differs.
+        """
         model = meta_model(name, final_norm=False)
-        count = sum(p.numel() for p in model.parameters())
-        if name == "pvig_m_224_gelu":
-            # The authors' own code has 49.53M trainable parameters for M, as here; the paper's
-            # 51.7M is reached when the fixed relative position terms are counted too.
-            count += sum(b.numel() for n, b in model.named_buffers() if n.endswith("relative_pos"))
-        assert abs(count - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.01, count
+        count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        tolerance = 0.045 if name == "pvig_m_224_gelu" else 0.01
+        assert abs(count - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < tolerance, count
+
+    def test_the_papers_m_figure_is_the_trainable_count_plus_the_relative_position_terms(self):
+        model = meta_model("pvig_m_224_gelu", final_norm=False)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        fixed = sum(b.numel() for n, b in model.named_buffers() if n.endswith("relative_pos"))
+        assert abs(trainable + fixed - PAPER_PARAMS["pvig_m_224_gelu"]) / PAPER_PARAMS["pvig_m_224_gelu"] < 0.01
+        assert (PAPER_PARAMS["pvig_m_224_gelu"] - trainable) / PAPER_PARAMS["pvig_m_224_gelu"] > 0.04
 
     def test_pretrained_cfg_points_to_the_release(self):
         cfg = timm.models.get_pretrained_cfg("pvig_ti_224_gelu")
