@@ -241,21 +241,31 @@ def train(config_file, as_json, resume, progress, **options):
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which weights of the run to evaluate.")
 @click.option("--bank", "bank_file", type=click.Path(dir_okay=False), help="Score this saved EpisodeBank instead.")
+@click.option("--weights", help="Score these shipped weights instead of a run (`fewshot weights` lists them); "
+                                "results go to runs/pretrained/<name> unless --run-dir says otherwise.")
 @click.option("--progress/--no-progress", default=True, help="tqdm progress bars on stderr.")
-def eval_cmd(config_file, as_json, checkpoint, bank_file, progress, run_dir, **options):
-    """Evaluate a trained run on its dataset's test split (episode sizes and matcher may be changed).
+def eval_cmd(config_file, as_json, checkpoint, bank_file, weights, progress, run_dir, **options):
+    """Evaluate a trained run, or shipped weights, on a dataset's test split (episode sizes and matcher may be changed).
 
     \b
     Example:
-        fewshot eval --run-dir runs/glyphs-conv4-5w1s-seed0-1a2b3c4d --shot 5
+        fewshot eval --run-dir runs/glyphs-vig_small_c4_28-5w1s-seed0-1a2b3c4d --shot 5
+        fewshot eval --weights vig_small_c4_28.omniglot_minimal --dataset omniglot --data-root ../shared/data/omniglot
     """
     from .evaluate_run import evaluate_run, load_run_config
 
-    if not run_dir:
-        raise click.UsageError("--run-dir is required: the folder of a trained run")
-    config = build_config(config_file, options, base=load_run_config(Path(run_dir)))
+    if weights:
+        from .pretrained import pretrained_config
+
+        config = build_config(config_file, {**options, "run_dir": run_dir}, base=pretrained_config(weights))
+        run_dir = None
+    elif not run_dir:
+        raise click.UsageError("give --run-dir (the folder of a trained run) or --weights (shipped weights)")
+    else:
+        config = build_config(config_file, options, base=load_run_config(Path(run_dir)))
     from .distributed import is_main
-    result = evaluate_run(Path(run_dir), config, checkpoint=checkpoint, bank_file=bank_file, progress=progress)
+    result = evaluate_run(run_dir and Path(run_dir), config, checkpoint=checkpoint, bank_file=bank_file,
+                          progress=progress, weights=weights)
     if is_main():  # under torchrun only rank 0 prints
         _emit(result, as_json, [f"test accuracy {100 * result['test_acc']:.2f} +- {100 * result['test_ci95']:.2f} % "
                                 f"({result['test_way']}-way {result['test_shot']}-shot, {result['test_episodes']} "
@@ -457,6 +467,23 @@ def _describe_components(kind: str, as_json: bool) -> None:
 def matchers_cmd(as_json):
     """The registered matchers (--matcher) and their options (--matcher-opt NAME=VALUE)."""
     _describe_components("matcher", as_json)
+
+
+@cli.command("weights")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as one JSON object.")
+def weights_cmd(as_json):
+    """The shipped weights (--weights NAME, timm.create_model(NAME, pretrained=True)) and what they reach."""
+    from .pretrained import list_pretrained, pretrained_info
+
+    records = {name: {k: v for k, v in pretrained_info(name).items() if k != "config"} for name in list_pretrained()}
+    if as_json:
+        click.echo(json.dumps(records, indent=2, sort_keys=True))
+        return
+    for name, r in records.items():
+        t, c = r["test"], r["check"]
+        click.echo(f"{name}: {r['dataset']} {r['img_size']}px, {t['test_way']}-way {t['test_shot']}-shot test "
+                   f"{100 * t['test_acc']:.2f} +- {100 * t['test_ci95']:.2f} % ({t['test_episodes']} episodes); "
+                   f"trained at {r['commit']} by: {r['command']}")
 
 
 @cli.command("prompts")

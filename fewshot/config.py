@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "OptionMap", "load_yaml", "merge", "setting", "COMPONENTS"]
+__all__ = ["Config", "ConfigError", "OptionMap", "load_yaml", "merge", "setting", "COMPONENTS", "METHOD",
+           "legacy_settings"]
 
 
 BOOKKEEPING = frozenset({"run_dir", "experiment", "tracking_uri", "track", "threads", "device", "cache"})
@@ -81,6 +82,12 @@ def setting(default: Any, help: str, *, train_only: bool = False, choices: Union
     return field(default=default, metadata=meta)
 
 
+METHOD = {"backbone": "vig_small_c4_28", "matcher": "dn4", "augment": "affine"}
+"""What a run that names no backbone trains: the toolkit's method (the ViG on a Conv-4-style stem, DN4,
+affine augmentation). Naming a backbone (e.g. ``--backbone conv4``) gives that backbone with the prototype
+matcher and no augmentation unless ``--matcher`` / ``--augment`` say otherwise; a prompted run (frozen
+backbone) also defaults to the prototype matcher."""
+
 # kind -> (package, constructor arguments that are not options)
 COMPONENTS = {"matcher": ("matchers", ()), "prompt": ("prompts", ("backbone",))}
 
@@ -102,13 +109,17 @@ class Config:
     train_shot: Optional[int] = setting(None, "Support images per class in training (default: --shot).", train_only=True)
     train_query: Optional[int] = setting(None, "Query images per class in training (default: --query).", train_only=True)
     # model
-    backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. vig_small_28, conv4 [default: conv4].")
+    backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. conv4, vig_small_28 [default: the method: "
+                                      f"{METHOD['backbone']} with --matcher {METHOD['matcher']} and --augment "
+                                      f"{METHOD['augment']}; a named backbone defaults to the prototype matcher, no "
+                                      "augmentation].")
     node_filter: str = setting("none", "Nodes kept in the ViG's graph and pooling: none (all), ink (drop blank "
                                "background patches, read from the image).", choices=("none", "ink"))
     support_views: int = setting(0, "Extra embeddings of every support image with random node subsets deleted "
                                  "(a ViG with a pooled matcher); 0: off.")
     view_keep: float = setting(0.75, "Fraction of nodes each support view keeps.")
-    matcher: str = setting("prototype", "How queries are scored (`fewshot matchers` lists them and their options).",
+    matcher: Optional[str] = setting(None, "How queries are scored (`fewshot matchers` lists them and their options) "
+                                     f"[default: {METHOD['matcher']} for the default backbone, else prototype].",
                            choices="matchers:list_matchers")
     matcher_opts: OptionMap = setting(OptionMap(), "An option of the matcher as NAME=VALUE, repeatable "
                                       "(`fewshot matchers` lists them).", options_of="matcher")
@@ -151,7 +162,8 @@ class Config:
     lr: float = setting(1e-3, "Adam learning rate (cosine schedule).", train_only=True)
     weight_decay: float = setting(0.0, "Adam weight decay.", train_only=True)
     grad_clip: float = setting(5.0, "Gradient norm clip (0: off).", train_only=True)
-    augment: str = setting("none", "Augmentation of training episodes (episodes.augment).", train_only=True,
+    augment: Optional[str] = setting(None, "Augmentation of training episodes (episodes.augment) [default: "
+                                     f"{METHOD['augment']} for the default backbone, else none].", train_only=True,
                            choices="episodes.augment:AUGMENT_POLICIES")
     pretrain_epochs: int = setting(0, "Whole-class classification epochs over the training classes before episodic "
                                    "training (0: off).", train_only=True)
@@ -173,6 +185,7 @@ class Config:
     threads: Optional[int] = setting(None, "torch CPU threads (default: torch's choice).")
 
     def __post_init__(self):
+        self._resolve_method()
         for kind in COMPONENTS:
             self._normalise_options(kind)
         positive = ("way", "shot", "query", "episodes", "eval_episodes", "checkpoint_every", "val_every")
@@ -219,6 +232,18 @@ class Config:
                               "frozen, prompted backbone (--prompt / --adapt / --backbone-from)")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def _resolve_method(self) -> None:
+        """Fill the defaults that depend on the backbone (:data:`METHOD`), so a saved config names them."""
+        plain = self.backbone is None and not self.prompted
+        auto = tuple(name for name in METHOD if getattr(self, name) is None)
+        object.__setattr__(self, "_auto", auto)  # filled here, not given: merge() fills them anew
+        if self.backbone is None:
+            object.__setattr__(self, "backbone", METHOD["backbone"])
+        if self.matcher is None:
+            object.__setattr__(self, "matcher", METHOD["matcher"] if plain else "prototype")
+        if self.augment is None:
+            object.__setattr__(self, "augment", METHOD["augment"] if plain else "none")
 
     def _check_prompting(self) -> None:
         from .adaptation import list_adaptations  # the registered strategies (fewshot/adaptation.py)
@@ -360,6 +385,7 @@ class Config:
         ``"name: saved -> now"``. A field ``saved`` lacks (added to Config after it was written)
         counts as its default, so old runs still resume."""
         out = []
+        saved = legacy_settings(saved)
         for name, f in _FIELDS.items():
             then = saved.get(name, f.default)
             now = getattr(self, name)
@@ -379,6 +405,15 @@ _SHORTHANDS = {kind: [f for f in _FIELDS.values() if (f.metadata.get("shorthand"
                for kind in COMPONENTS}
 
 
+def legacy_settings(saved: Mapping[str, Any]) -> dict:
+    """A stored run config as today's fields read it: runs saved before the method became the default
+    (:data:`METHOD`) stored ``backbone: null`` for Conv-4, the default then."""
+    saved = dict(saved)
+    if "backbone" in saved and saved["backbone"] is None:
+        saved["backbone"] = "conv4"
+    return saved
+
+
 def merge(base: Config, changes: Mapping[str, Any]) -> Config:
     """A new Config with ``changes`` applied; unknown keys raise :class:`ConfigError` listing them."""
     norm = {str(k).replace("-", "_"): v for k, v in changes.items()}
@@ -387,8 +422,9 @@ def merge(base: Config, changes: Mapping[str, Any]) -> Config:
         hints = [f"{k} (did you mean {c[0]}?)" if (c := difflib.get_close_matches(k, list(_FIELDS), n=1)) else k
                  for k in unknown]
         raise ConfigError(f"unknown configuration keys: {', '.join(hints)}; valid keys: {', '.join(_FIELDS)}")
+    refill = {name: None for name in getattr(base, "_auto", ()) if name not in norm}  # e.g. --backbone conv4
     try:
-        return dataclasses.replace(base, **norm)
+        return dataclasses.replace(base, **refill, **norm)
     except TypeError as e:
         raise ConfigError(str(e)) from e
 

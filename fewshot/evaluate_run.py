@@ -15,9 +15,9 @@ from episodes import EpisodeBank, EpisodeSampler, load_splits
 from .checkpoint import CheckpointError, load_checkpoint
 from .compare import write_scores
 from .distributed import is_main
-from .config import Config, ConfigError, merge
+from .config import Config, ConfigError, legacy_settings, merge
 from .evaluation import evaluate
-from .model import build_model, count_parameters, default_backbone, episode_img_size
+from .model import build_model, count_parameters, episode_img_size
 from .tracking import make_tracker
 from .training import start_process
 
@@ -31,7 +31,7 @@ def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a fewshot run folder (no config.yaml); give the --run-dir of a training run")
-    return merge(Config(), yaml.safe_load(path.read_text()) or {})
+    return merge(Config(), legacy_settings(yaml.safe_load(path.read_text()) or {}))
 
 
 def load_trained_model(run_dir: Path, config: Config, images, checkpoint: str = "best"):
@@ -44,7 +44,7 @@ def load_trained_model(run_dir: Path, config: Config, images, checkpoint: str = 
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise CheckpointError(f"{path} does not fit backbone {config.backbone or default_backbone(img_size)!r} "
+        raise CheckpointError(f"{path} does not fit backbone {config.backbone!r} "
                               f"with matcher {config.matcher!r} ({first})") from None
     return model, path
 
@@ -65,9 +65,21 @@ def eval_folder(run_dir: Path, config: Config, checkpoint: str, bank_id: str) ->
     return Path(run_dir) / name
 
 
-def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
-                 progress: bool = True) -> dict:
-    """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes)."""
+def weights_run_dir(name: str, config: Config) -> Path:
+    """The folder that holds the evaluations of shipped weights ``name`` (``runs/pretrained/<name>``, or under
+    ``--run-dir``), with the settings they were trained with in its config.yaml, as a trained run's."""
+    from .pretrained import pretrained_config
+
+    run_dir = Path(config.run_dir or Path("runs") / "pretrained" / name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(pretrained_config(name).to_dict(), sort_keys=False))
+    return run_dir
+
+
+def evaluate_run(run_dir: Optional[Path], config: Config, checkpoint: str = "best", bank_file: Optional[str] = None,
+                 progress: bool = True, weights: Optional[str] = None) -> dict:
+    """Evaluate ``run_dir/{checkpoint}.pt`` with ``config`` (the run's, with the user's changes), or the shipped
+    weights ``weights`` (``fewshot.pretrained``; results go to :func:`weights_run_dir`)."""
     _, _, device = start_process(config)  # joins torchrun's process group when WORLD_SIZE > 1
     splits = load_splits(config.dataset, config.data_root, episode_img_size(config), cache=config.cache)
     test = splits.test
@@ -75,11 +87,18 @@ def evaluate_run(run_dir: Path, config: Config, checkpoint: str = "best", bank_f
         bank = EpisodeBank.load(bank_file, test)
     else:
         bank = EpisodeSampler(test, config.way, config.shot, config.query, seed=config.bank_seed).bank(config.eval_episodes)
-    model, path = load_trained_model(run_dir, config, test, checkpoint)
+    if weights:
+        from models.shipped import shipped_file
+        from .pretrained import load_pretrained
+
+        _, model, _ = load_pretrained(weights, config)
+        run_dir, path, checkpoint = weights_run_dir(weights, config), shipped_file(weights, verify=False), "shipped"
+    else:
+        model, path = load_trained_model(run_dir, config, test, checkpoint)
     model.to(device)
     tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment)  # torchrun: rank 0 tracks
     params = count_parameters(model)
-    tracker.start(f"eval-{Path(run_dir).name}", {**config.to_dict(), "checkpoint": str(path),
+    tracker.start(f"eval-{Path(run_dir).name}", {**config.to_dict(), "checkpoint": str(path), "weights": weights,
                                                  "test_bank_id": bank.bank_id, **{f"{k}_params": v for k, v in params.items()}},
                   tags={"command": "eval"})
     status = "FAILED"

@@ -118,17 +118,6 @@ def count_parameters(module: nn.Module) -> dict:
     return {"trainable": trainable, "frozen": frozen}
 
 
-def default_backbone(img_size: int) -> str:
-    """The backbone of a run that names none: Conv-4, the baseline every result is compared with.
-
-    It is the default because it trains in minutes on a laptop CPU: 600 glyphs episodes reach
-    ~90% 5-way 1-shot, and ``vig_small_28`` costs several times more per episode (about 0.47 s
-    against 0.1 s per 5-way 1-shot training episode, ``benchmarks/vig_scaling.py``).
-    ``img_size`` is accepted so that a size-dependent default can come back without an API change.
-    """
-    return "conv4"
-
-
 def episode_img_size(config) -> Optional[int]:
     """Side the episode images are resized to; None keeps the dataset's own.
 
@@ -148,12 +137,12 @@ def episode_img_size(config) -> Optional[int]:
     return size
 
 
-def build_model(config, img_size: int, in_chans: int) -> nn.Module:
-    """Backbone (``config.backbone`` or the default) + matcher, freshly initialised: an
-    :class:`EpisodicModel`, or, when ``config.prompted``, a ``fewshot.prompting.PromptedModel``
-    (frozen backbone, loaded from ``--backbone-from`` when given, plus the prompt)."""
-    name = config.backbone or default_backbone(img_size)
-    backbone = models.create_backbone(name, img_size=img_size, in_chans=in_chans)
+def build_model(config, img_size: int, in_chans: int, backbone: Optional[nn.Module] = None) -> nn.Module:
+    """Backbone (``config.backbone``; ``backbone`` when given, e.g. shipped weights) + matcher,
+    freshly initialised: an :class:`EpisodicModel`, or, when ``config.prompted``, a
+    ``fewshot.prompting.PromptedModel`` (frozen backbone, loaded from ``--backbone-from`` when given, plus the prompt)."""
+    if backbone is None:
+        backbone = models.create_backbone(config.backbone, img_size=img_size, in_chans=in_chans)
     if getattr(backbone, "memory_format", None) is not None:  # e.g. Conv-4: channels-last is faster on CPU
         backbone = backbone.to(memory_format=backbone.memory_format)
     matcher = matchers.create(config.matcher, **config.component_options("matcher"))

@@ -34,7 +34,7 @@ from .compare import write_scores
 from .config import Config, ConfigError
 from .distributed import is_main, setup
 from .evaluation import autocast_for, evaluate
-from .model import build_model, count_parameters, default_backbone, episode_img_size
+from .model import build_model, count_parameters, episode_img_size
 from .pretraining import pretrain
 from .tracking import ending, make_tracker
 
@@ -111,7 +111,7 @@ def prepare(config: Config) -> Run:
                                seed=config.bank_seed).bank(config.eval_episodes)
     torch.manual_seed(config.seed)
     model = build_model(config, img_size, in_chans).to(device)
-    backbone_name = config.backbone or default_backbone(img_size)
+    backbone_name = config.backbone
     run_dir = Path(config.run_dir or Path("runs") / config.default_run_name(backbone_name))
     if is_main():
         log.info("dataset %s (%s)\n%s", info.name, info.description, splits.describe())

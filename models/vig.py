@@ -36,6 +36,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm, get_act_layer, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .shipped import build_shipped, is_shipped_tag, shipped_cfgs
+
 from .layers import NodeBatchNorm, NodeConv, check_node_mask, masked_mean
 
 __all__ = [
@@ -647,6 +649,8 @@ def checkpoint_filter_fn(state_dict: dict, model: VisionGNN) -> dict:
 
 
 def _create_vig(variant: str, pretrained: bool = False, **kwargs) -> VisionGNN:
+    if pretrained and is_shipped_tag(variant, kwargs):  # weights trained by fewshot (models/weights/)
+        return build_shipped(VisionGNN, variant, checkpoint_filter_fn, **kwargs)
     if pretrained:
         from .checkpoints import build_pretrained
 
@@ -689,6 +693,7 @@ default_cfgs = generate_default_cfgs({
     "vig_small_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_ln_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_c4_28": _small_cfg(in_chans=1, img_size=28),
+    **shipped_cfgs("vig_small_c4_28", _small_cfg(in_chans=1, img_size=28)),  # e.g. vig_small_c4_28.omniglot_minimal
     "vig_small_c4_nograph_28": _small_cfg(in_chans=1, img_size=28),
     "vig_small_84": _small_cfg(in_chans=3, img_size=84),
     "test_vig": _small_cfg(in_chans=1, img_size=28),

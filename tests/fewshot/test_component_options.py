@@ -53,8 +53,8 @@ class TestConfig:
         ({"matcher": "knn", "matcher_opts": {"k": "two"}}, "matcher 'knn' option k: expected an integer, got 'two'"),
         ({"matcher": "hungarian", "matcher_opts": {"solver": "sinkorn"}}, "Did you mean 'sinkhorn'?"),
         ({"prompt": "vgp", "prompt_opts": {"rank": 2.5}}, "prompt 'vgp' option rank: expected an integer, got 2.5"),
-        ({"metric": "cosine", "matcher_opts": {"metric": "euclidean"}}, "--metric 'cosine' and --matcher-opt "
-                                                                        "metric='euclidean' disagree"),
+        ({"matcher": "prototype", "metric": "cosine", "matcher_opts": {"metric": "euclidean"}},
+         "--metric 'cosine' and --matcher-opt metric='euclidean' disagree"),
         ({"prompt_nodes": 8}, "prompt 'none' has no option --prompt-nodes"),
         ({"matcher_opts": {"k": [1, 2]}}, "matcher_opts: the value of k must be one number"),
         ({"matcher_opts": "k=1"}, "matcher_opts must be a mapping"),
