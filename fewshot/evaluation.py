@@ -1,8 +1,9 @@
 """Evaluation on a fixed :class:`~episodes.EpisodeBank`: mean accuracy and its 95% confidence interval.
 
 When the model's embeddings do not depend on the episode, every distinct image of the bank is
-embedded once and episodes are scored by indexing; otherwise each episode runs the whole model.
-Both paths give the same per-episode accuracies.
+embedded once and episodes are scored by indexing (in groups, by the matcher's ``bank_scorer``
+when it has one, e.g. DN4); otherwise each episode runs the whole model. Both paths give the same
+per-episode accuracies.
 """
 from __future__ import annotations
 
@@ -78,6 +79,22 @@ def _embed_all(model, images: ImageSet, idx: torch.Tensor, device, batch_size: i
     return torch.cat(out)
 
 
+_BANK_GROUP = 50
+"""Episodes per call of a matcher's bank scorer (the progress bar's step)."""
+
+
+def _score_bank(score, bank: EpisodeBank, mine: range, where: torch.Tensor, device, progress: bool) -> torch.Tensor:
+    """Per-episode accuracies ``[len(mine)]`` from ``score(support [E, S], query [E, Q], way) -> [E, Q, way]``,
+    the bank's image indices mapped to rows of the embedded features by ``where``."""
+    accs = [torch.empty(0)]
+    for start in tqdm(range(mine.start, mine.stop, _BANK_GROUP), desc="evaluate", disable=not progress, leave=False):
+        group = slice(start, min(start + _BANK_GROUP, mine.stop))
+        logits = score(where[bank.support[group].to(device)], where[bank.query[group].to(device)], bank.way)
+        query_labels = bank[group.start].query_labels.to(device)  # the same in every episode of a bank
+        accs.append((logits.argmax(-1) == query_labels).float().mean(-1).cpu())
+    return torch.cat(accs)
+
+
 @torch.inference_mode()
 def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | str = "cpu",
              batch_size: int = 256, progress: bool = False, per_episode: bool | None = None) -> EvalResult:
@@ -103,16 +120,22 @@ def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | 
             where = torch.full((len(images),), -1, dtype=torch.long)
             where[ids] = torch.arange(ids.numel())
             where = where.to(device)
-        for k, i in enumerate(tqdm(mine, desc="evaluate", disable=not progress, leave=False)):
-            ep = bank[i]
-            s_lab = ep.support_labels.to(device)
-            q_lab = ep.query_labels.to(device)
-            if per_episode:
-                with autocast_for(device):
-                    logits = model(images.images[ep.support].to(device), s_lab, images.images[ep.query].to(device))
-            else:
-                logits = model.matcher(feats[where[ep.support.to(device)]], s_lab, feats[where[ep.query.to(device)]])
-            accs[k] = (logits.argmax(-1) == q_lab).float().mean().cpu()
+        scorer = None if per_episode else getattr(model.matcher, "bank_scorer", None)
+        if scorer is not None:  # the matcher scores groups of episodes by index into feats (DN4)
+            accs = _score_bank(scorer(feats), bank, mine, where, device, progress)
+        else:
+            for k, i in enumerate(tqdm(mine, desc="evaluate", disable=not progress, leave=False)):
+                ep = bank[i]
+                s_lab = ep.support_labels.to(device)
+                q_lab = ep.query_labels.to(device)
+                if per_episode:
+                    with autocast_for(device):
+                        logits = model(images.images[ep.support].to(device), s_lab,
+                                       images.images[ep.query].to(device))
+                else:
+                    logits = model.matcher(feats[where[ep.support.to(device)]], s_lab,
+                                           feats[where[ep.query.to(device)]])
+                accs[k] = (logits.argmax(-1) == q_lab).float().mean().cpu()
     finally:
         model.train(was_training)
     accs = gather_in_order(accs, len(bank))

@@ -7,14 +7,19 @@ descriptors among all nodes of that class's support images, and the similarities
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 
 from .base import Matcher, register_matcher
+from .class_topk import ClassTopKSum, class_minor, class_topk_scores
 from .patch_metrics import node_cosine, validate_node_episode
 
 __all__ = ["DN4Matcher"]
 
-_CHUNK_ELEMENTS = 1 << 22  # similarity entries per chunk of query images (16 MB in float32)
+_CHUNK_ELEMENTS = 1 << 22  # similarity entries per chunk of query images, unequal shots (16 MB in float32)
+_GROUP_ELEMENTS = 1 << 20  # node pairs per group of episodes scored together by bank_scorer
 
 
 @register_matcher("dn4")
@@ -61,29 +66,77 @@ class DN4Matcher(Matcher):
         """support ``[S, N, D]``, support_labels ``[S]``, query ``[Q, M, D]`` -> logits ``[Q, way]``."""
         way = validate_node_episode(type(self).__name__, support, support_labels, query)
         counts = torch.bincount(support_labels.long(), minlength=way)
-        if self.k > int(counts.min()) * support.shape[1]:
-            limit = int(counts.min()) * support.shape[1]
-            raise ValueError(f"k={self.k} exceeds the {limit} support nodes of the smallest class; use k <= {limit}")
-        if bool((counts == counts[0]).all()):  # every class has the same shots: group them, no gather needed
-            support = support[torch.argsort(support_labels, stable=True)]
-            index = None
+        self._check_k(int(counts.min()) * support.shape[1])
+        if bool((counts == counts[0]).all()):  # every class has the same shots: the blocked path
+            grouped = support[torch.argsort(support_labels, stable=True)]
+            scores = _scores(F.normalize(grouped, dim=-1)[None], F.normalize(query, dim=-1)[None], way, self.k)[0]
         else:
             index = _class_node_index(support_labels, way, support.shape[1])  # [way, L], -1 = padding
-        per_chunk = max(1, _CHUNK_ELEMENTS // (query.shape[1] * support.shape[0] * support.shape[1]))
-        scores = torch.cat([self._scores(part, support, index, way) for part in torch.split(query, per_chunk)])
+            per_chunk = max(1, _CHUNK_ELEMENTS // (query.shape[1] * support.shape[0] * support.shape[1]))
+            scores = torch.cat([self._padded_scores(part, support, index) for part in torch.split(query, per_chunk)])
+        return self._logits(scores, query.shape[1])
+
+    def bank_scorer(self, nodes: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+        """Scores many episodes drawn from one set of embedded images, as :meth:`forward` would.
+
+        Every image's nodes are normalised once, here; the returned function gathers an episode's
+        images by index and scores groups of episodes with batched matrix products.
+
+        Args:
+            nodes: ``[n, N, D]`` node features of the images.
+        Returns:
+            ``score(support [E, way*shot], query [E, Q], way) -> logits [E, Q, way]``: rows of
+            ``nodes``, the support grouped by class (label ``i // shot``, as in an ``EpisodeBank``).
+
+        Example:
+            >>> score = DN4Matcher(k=3).bank_scorer(torch.randn(30, 49, 64))
+            >>> score(torch.arange(10).view(2, 5), torch.arange(10, 30).view(2, 10), 5).shape
+            torch.Size([2, 10, 5])
+        """
+        if nodes.dim() != 3 or not nodes.is_floating_point():
+            raise ValueError(f"nodes must be floating-point [n, N, D] node features, got {nodes.dtype} "
+                             f"{tuple(nodes.shape)}")
+        unit = F.normalize(nodes, dim=-1)
+
+        def score(support: torch.Tensor, query: torch.Tensor, way: int) -> torch.Tensor:
+            if support.dim() != 2 or query.dim() != 2 or support.shape[0] != query.shape[0] \
+                    or support.shape[1] % way:
+                raise ValueError(f"support must be [E, way*shot] and query [E, Q] for the same E episodes, with "
+                                 f"way={way} dividing the support count; got {tuple(support.shape)} and "
+                                 f"{tuple(query.shape)}")
+            self._check_k(support.shape[1] // way * unit.shape[1])
+            pairs = support.shape[1] * unit.shape[1] * query.shape[1] * unit.shape[1]
+            group = max(1, _GROUP_ELEMENTS // pairs)  # episodes per batched product: bounds the gathered nodes
+            scores = [_scores(unit[support[i:i + group]], unit[query[i:i + group]], way, self.k)
+                      for i in range(0, support.shape[0], group)]
+            return self._logits(torch.cat(scores), unit.shape[1])
+        return score
+
+    def _check_k(self, limit: int) -> None:
+        if self.k > limit:
+            raise ValueError(f"k={self.k} exceeds the {limit} support nodes of the smallest class; use k <= {limit}")
+
+    def _logits(self, scores: torch.Tensor, nodes: int) -> torch.Tensor:
         if self.reduce == "mean":
-            scores = scores / query.shape[1]
+            scores = scores / nodes
         return scores / self.temperature
 
-    def _scores(self, query, support, index, way):
-        """query ``[q, M, D]`` -> image-to-class scores ``[q, way]``; ``index`` None when ``support`` is grouped
-        by class in equal shares."""
+    def _padded_scores(self, query, support, index):
+        """query ``[q, M, D]`` -> image-to-class scores ``[q, way]`` for classes of unequal shots;
+        ``index`` ``[way, L]`` flattened support nodes of each class, -1 = padding."""
         sim = node_cosine(query, support)  # [q, M, S*N]
-        if index is None:
-            per_class = sim.unflatten(-1, (way, -1))  # [q, M, way, shot*N], a view
-        else:
-            per_class = sim[..., index.clamp_min(0)].masked_fill(index < 0, float("-inf"))  # [q, M, way, L]
+        per_class = sim[..., index.clamp_min(0)].masked_fill(index < 0, float("-inf"))  # [q, M, way, L]
         return per_class.topk(self.k, dim=-1).values.sum(-1).sum(1)  # [q, way]
+
+
+def _scores(support: torch.Tensor, query: torch.Tensor, way: int, k: int) -> torch.Tensor:
+    """Unit node features, support grouped by class in equal shares: support ``[E, way*shot, N, D]``,
+    query ``[E, Q, M, D]`` -> image-to-class scores ``[E, Q, way]`` (differentiable when an input needs it)."""
+    e, q, m, d = query.shape
+    support_nodes, query_nodes = class_minor(support, way), query.reshape(e, q * m, d)
+    if torch.is_grad_enabled() and (support.requires_grad or query.requires_grad):
+        return ClassTopKSum.apply(support_nodes, query_nodes, way, k, m)
+    return class_topk_scores(support_nodes, query_nodes, way, k, m)
 
 
 def _class_node_index(support_labels: torch.Tensor, way: int, nodes: int) -> torch.Tensor:

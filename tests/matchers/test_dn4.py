@@ -77,9 +77,97 @@ def test_registered_and_reads_nodes():
     assert matchers.get("dn4") is DN4Matcher and DN4Matcher.input == "nodes"
 
 
-def test_chunking_does_not_change_scores(monkeypatch):
-    import matchers.dn4 as dn4
+def test_blocks_of_one_query_image_do_not_change_scores(monkeypatch):
+    import matchers.class_topk as class_topk
     support, labels, query = episode(query=7)
+    full = DN4Matcher()(support, labels, query)
+    monkeypatch.setattr(class_topk, "_BLOCK_ELEMENTS", 1)
+    assert torch.allclose(DN4Matcher()(support, labels, query), full, rtol=1e-12, atol=1e-12)
+
+
+def test_chunking_of_unequal_shots_does_not_change_scores(monkeypatch):
+    import matchers.dn4 as dn4
+    support, _, query = episode(way=3, shot=2, query=7)
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
     full = DN4Matcher()(support, labels, query)
     monkeypatch.setattr(dn4, "_CHUNK_ELEMENTS", 1)
     assert torch.allclose(DN4Matcher()(support, labels, query), full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows,k", [(r, k) for r in (1, 2, 3, 4, 5, 7, 8, 9, 16, 49, 245) for k in (1, 2, 3, 4, 5, 9)
+                                    if k <= r])
+def test_top_k_set_holds_the_k_largest_values_of_every_column(rows, k):
+    from matchers.class_topk import top_k_set
+    g = torch.Generator().manual_seed(rows * 10 + k)
+    for x in (torch.randn(2, rows, 6, generator=g, dtype=torch.float64),
+              torch.randint(0, 3, (2, rows, 6), generator=g).double()):  # many ties
+        expected = x.topk(k, dim=1).values  # sorted
+        got = top_k_set(x.clone(), k).sort(dim=1, descending=True).values
+        assert torch.equal(got, expected)
+        kept = x.clone()
+        got = top_k_set(kept, k, out=torch.empty_like(x)).sort(dim=1, descending=True).values
+        assert torch.equal(got, expected) and torch.equal(kept, x)  # with out=, x is left as it was
+
+
+def topk_autograd_reference(support, labels, query, k):
+    """DN4 through torch.topk per class, autograd for the gradient."""
+    way = int(labels.max()) + 1
+    q = torch.nn.functional.normalize(query, dim=-1)
+    s = torch.nn.functional.normalize(support, dim=-1)
+    cols = [torch.cat([s[i] for i in range(len(labels)) if int(labels[i]) == c]) for c in range(way)]
+    return torch.stack([(q @ nodes.T).topk(k, dim=-1).values.sum(-1).sum(-1) for nodes in cols], dim=-1)
+
+
+@pytest.mark.parametrize("way,shot,k", [(3, 2, 3), (5, 1, 1), (4, 3, 4), (2, 5, 2)])
+def test_gradients_match_topk_through_autograd(way, shot, k):
+    support, labels, query = episode(way=way, shot=shot, query=5, seed=way + k)
+    grads = []
+    for fn in (lambda s, q: DN4Matcher(k=k)(s, labels, q), lambda s, q: topk_autograd_reference(s, labels, q, k)):
+        s, q = support.clone().requires_grad_(), query.clone().requires_grad_()
+        out = fn(s, q)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        grads.append((out.detach(), s.grad, q.grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_values_tied_at_the_kth_place_share_its_gradient():
+    support, labels, query = episode(way=2, shot=1, nodes=4, query=1)
+    support[0, 1:] = support[0, 0]  # class 0: four identical nodes, of which k=2 are selected
+    ours_s, ours_q = support.clone().requires_grad_(), query.clone().requires_grad_()
+    DN4Matcher(k=2)(ours_s, labels, ours_q)[0, 0].backward()
+    ref_s, ref_q = support.clone().requires_grad_(), query.clone().requires_grad_()
+    topk_autograd_reference(ref_s, labels, ref_q, 2)[0, 0].backward()
+    share = ours_s.grad[0]  # each of the four gets half of what topk gives to each of the two it picks
+    assert torch.allclose(share, share[0].expand_as(share))
+    assert torch.allclose(share.sum(0), ref_s.grad[0].sum(0))
+    assert torch.allclose(ours_q.grad, ref_q.grad)
+
+
+def test_gradcheck_in_float64():
+    support, labels, query = episode(way=3, shot=2, nodes=4, dim=5, query=3)
+    fn = lambda s, q: DN4Matcher(k=3)(s, labels, q)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (support.requires_grad_(), query.requires_grad_()))
+
+
+def test_bank_scorer_gives_each_episode_the_logits_of_forward():
+    g = torch.Generator().manual_seed(3)
+    nodes = torch.randn(40, 5, 8, generator=g, dtype=torch.float64)
+    support = torch.stack([torch.randperm(40, generator=g)[:6] for _ in range(4)])  # 3-way 2-shot, grouped by class
+    query = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(4)])
+    matcher = DN4Matcher(k=3, reduce="mean", temperature=0.5)
+    got = matcher.bank_scorer(nodes)(support, query, 3)
+    labels = torch.arange(3).repeat_interleave(2)
+    for e in range(4):
+        ref = dn4_reference(nodes[support[e]], labels, nodes[query[e]], 3) / 5 / 0.5
+        assert torch.allclose(got[e], ref, atol=1e-9)
+        assert torch.allclose(got[e], matcher(nodes[support[e]], labels, nodes[query[e]]), rtol=1e-12, atol=1e-12)
+
+
+def test_bank_scorer_refuses_mismatched_indices_with_the_shapes():
+    score = DN4Matcher().bank_scorer(torch.randn(10, 5, 4))
+    with pytest.raises(ValueError, match=r"support must be \[E, way\*shot\] and query \[E, Q\].*\(2, 6\) and \(3, 4\)"):
+        score(torch.zeros(2, 6, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="use k <= 5"):
+        DN4Matcher(k=6).bank_scorer(torch.randn(10, 5, 4))(torch.zeros(1, 3, dtype=torch.long),
+                                                           torch.zeros(1, 2, dtype=torch.long), 3)
