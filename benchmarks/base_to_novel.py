@@ -49,6 +49,7 @@ METHODS = {
     "ProVP-Ref (temperature 0.1)": ("provp-ref", {"temperature": 0.1}),
     "ProVP (alpha 0.01)": ("provp", {"alpha": 0.01}),
     "ProVP (alpha 1)": ("provp", {"alpha": 1.0}),
+    "ProVP-Ref (alpha 1)": ("provp-ref", {"alpha": 1.0}),
 }
 REFERENCES = ("VGP", "VPT deep", "none")
 SPLITS = ("base", "novel")
