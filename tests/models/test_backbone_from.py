@@ -129,11 +129,26 @@ class TestCli:
         assert "image (1, 224, 224)" in caplog.text  # the splits as loaded, not the glyphs' 28 px
 
     @pytest.mark.slow
-    def test_the_authors_pvig_ti_file_runs_a_protonet_tuned_per_episode(self, tmp_path, caplog):
+    def test_the_authors_pvig_ti_file_runs_a_protonet_tuned_per_episode(self, tmp_path, caplog, monkeypatch):
         """Item 5 of the pyramid issue: their weights, episode images resized to 224 px, the frozen
-        backbone's last stage block tuned on each episode's support set (``--adapt head``)."""
-        state = official_layout.make_state(official_layout.pyramid_shapes((48, 96, 240, 384), (2, 2, 6, 2)))
-        torch.save({"state_dict": state}, tmp_path / "pvig_ti_78.5.pth.tar")
+        backbone's last stage block tuned on each episode's support set (``--adapt head``): every
+        episode's query scores after the tuning step differ from the frozen backbone's, and the
+        stored backbone is left as it was."""
+        from fewshot.adaptation import Head
+
+        torch.save({"state_dict": official_pvig_ti_of_our_init()}, tmp_path / "pvig_ti_78.5.pth.tar")
+        scored, tuned_logits = [], Head.logits
+
+        def spy(self, model, support_images, support_labels, query_images):
+            before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+            tuned = tuned_logits(self, model, support_images, support_labels, query_images)
+            with torch.no_grad():
+                frozen = model.score(model.backbone, model.prompt, support_images, support_labels, query_images)
+            unchanged = all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+            scored.append((float((tuned - frozen).abs().max() / frozen.abs().max()), unchanged))  # relative
+            return tuned
+
+        monkeypatch.setattr(Head, "logits", spy)
         args = ["train", *TINY, "--backbone", "pvig_ti_224_gelu", "--run-dir", str(tmp_path / "run"),
                 "--backbone-from", str(tmp_path / "pvig_ti_78.5.pth.tar"), "--adapt", "head", "--adapt-steps", "1",
                 "--json"]
@@ -144,6 +159,31 @@ class TestCli:
         result = json.loads(r.output[r.output.index("{"):])
         assert result["trainable_params"] == 0 and result["frozen_params"] == 9_293_424  # PViG-Ti without its classifier
         assert 0 <= result["test_acc"] <= 1 and result["test_episodes"] == 4
+        assert len(scored) >= 4  # the 4 test episodes (and the validation ones) went through the tuning
+        assert all(gap > 1e-3 for gap, _ in scored), scored  # the tuning step moved every episode's scores
+        assert all(unchanged for _, unchanged in scored)  # on a copy: the stored backbone is untouched
+
+
+def official_pvig_ti_of_our_init() -> dict:
+    """The authors' PViG-Ti file layout holding our seeded random PViG-Ti's weights. ``make_state``'s
+    values (0.1 * randn everywhere, BatchNorm scales included) map every image to the same embedding,
+    so no tuning could change a score; these weights tell images apart. Each official key gets the
+    tensor ``checkpoint_filter_fn`` would load into our model from it (found by storage: the filter
+    renames and reshapes without copying)."""
+    from models.pvig import checkpoint_filter_fn
+
+    official = official_layout.make_state(official_layout.pyramid_shapes((48, 96, 240, 384), (2, 2, 6, 2)))
+    torch.manual_seed(0)
+    ours = models.create_backbone("pvig_ti_224_gelu")
+    by_storage = {v.untyped_storage().data_ptr(): k for k, v in official.items()}
+    filled = 0
+    for key, tensor in checkpoint_filter_fn(dict(official), ours).items():
+        name = by_storage.get(tensor.untyped_storage().data_ptr())
+        if name is not None:
+            official[name] = ours.state_dict()[key].reshape(official[name].shape).clone()
+            filled += 1
+    assert filled == 475  # every official tensor but the classifier ("prediction.*")
+    return official
 
 
 class TestEpisodeImageSize:
