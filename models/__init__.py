@@ -4,7 +4,8 @@
 ``vig_s_224_gelu``, ``vig_b_224_gelu``, the small-image ``vig_small_28`` / ``vig_small_ln_28`` /
 ``vig_small_c4_28`` / ``vig_small_84`` and
 the tiny ``test_vig``), the pyramid ViG (``pvig_ti/s/m/b_224_gelu``, ``pvig_small_28`` /
-``pvig_small_84``, ``test_pvig``) and the ``conv4`` baseline, so ``timm.create_model(name)`` builds them.
+``pvig_small_84``, ``test_pvig``) and the ``conv4`` and ``conv64f`` (DN4's Conv-64F) baselines, so
+``timm.create_model(name)`` builds them.
 
 Every backbone has the same contract: ``forward_features(images) -> nodes [B, N, D]``,
 ``forward_head(nodes, pre_logits=True, node_mask=None) -> embedding [B, D]``. ViG also takes a
@@ -28,16 +29,17 @@ import timm
 from torch import nn
 
 from .conv4 import Conv4
+from .conv64f import Conv64F
 from .layers import check_node_mask, ink_node_mask, masked_mean
 from .pvig import PyramidVisionGNN
 from .vig import BlockHook, FFN, Grapher, VisionGNN, ViGBlock, knn_graph
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "BlockHook", "knn_graph", "PyramidVisionGNN",
-    "Conv4", "check_node_mask", "ink_node_mask", "masked_mean", "create_backbone", "list_backbones",
+    "Conv4", "Conv64F", "check_node_mask", "ink_node_mask", "masked_mean", "create_backbone", "list_backbones",
 ]
 
-_MODULES = ("vig", "pvig", "conv4")
+_MODULES = ("vig", "pvig", "conv4", "conv64f")
 
 
 def list_backbones() -> List[str]:
