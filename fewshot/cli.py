@@ -497,24 +497,44 @@ def prompts_cmd(as_json):
 @click.option("--tracking-uri", help="MLflow store (default: sqlite store in ./mlruns).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it to the network.")
 @click.option("--port", type=int, default=5000, show_default=True)
-def ui(tracking_uri, host, port):
-    """Serve the MLflow UI for the local store (bound to 127.0.0.1 unless --host says otherwise)."""
-    import subprocess
-    from .tracking import default_artifact_root, default_tracking_uri
+@click.option("--experiment", help="Land on this experiment's runs [default: the experiment of the latest run].")
+@click.option("--open", "open_browser", is_flag=True, help="Open the printed address in a web browser once it answers.")
+def ui(tracking_uri, host, port, experiment, open_browser):
+    """Serve the MLflow UI for the local store and print the address of the runs table of the latest
+    experiment: test accuracy, way, shot, backbone, matcher and test bank beside each run's name.
+
+    Ctrl-C or SIGTERM stops the server with every process it started. MLflow's GenAI job runners are
+    off unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true says otherwise.
+    """
+    from .tracking import default_artifact_root, default_tracking_uri, runs_table_route
+    from .ui_server import serve
 
     uri = tracking_uri or default_tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    try:
+        route = runs_table_route(uri, experiment)
+    except (ValueError, OSError):
+        raise
+    except Exception as e:  # the store cannot be read: one line, not MLflow's traceback
+        raise OSError(f"cannot read the MLflow store {uri}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
     root = default_artifact_root(uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C stops it)", err=False)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    click.echo(f"MLflow UI for {uri} at {base}/{route}  (Ctrl+C stops it)")
+    if not route:
+        click.echo("(no runs in this store yet)")
     sys.stdout.flush()
-    raise SystemExit(subprocess.call(cmd))
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    raise SystemExit(serve(cmd, env, ready_url=f"{base}/health", open_url=f"{base}/{route}" if open_browser else None))
 
 
 from .transfer_cli import transfer_cmd as _transfer_cmd  # noqa: E402  (click only: torch loads when it runs)
 
 cli.add_command(_transfer_cmd)
+from .tracking_cli import track_cmd as _track_cmd  # noqa: E402  (click only, as transfer)
+cli.add_command(_track_cmd)
 from .predict_cli import predict_cmd as _predict_cmd  # noqa: E402  (click only, as transfer)
 cli.add_command(_predict_cmd)
 

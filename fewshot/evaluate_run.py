@@ -96,7 +96,8 @@ def evaluate_run(run_dir: Optional[Path], config: Config, checkpoint: str = "bes
     else:
         model, path = load_trained_model(run_dir, config, test, checkpoint)
     model.to(device)
-    tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment)  # torchrun: rank 0 tracks
+    out = eval_folder(run_dir, config, checkpoint, bank.bank_id)  # for `fewshot compare` (also with --no-track)
+    tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment, out)  # rank 0 tracks
     params = count_parameters(model)
     tracker.start(f"eval-{Path(run_dir).name}", {**config.to_dict(), "checkpoint": str(path), "weights": weights,
                                                  "test_bank_id": bank.bank_id, **{f"{k}_params": v for k, v in params.items()}},
@@ -111,7 +112,6 @@ def evaluate_run(run_dir: Optional[Path], config: Config, checkpoint: str = "bes
         tracker.log_metrics({"test_acc": res.mean, "test_ci95": res.ci95}, step=0)
         tracker.log_text("\n".join(f"{a:.6f}" for a in res.accuracies.tolist()) + "\n", "test_episode_accuracies.txt")
         tracker.log_result(result)  # result.json and the headline tags
-        out = eval_folder(run_dir, config, checkpoint, bank.bank_id)  # for `fewshot compare`, also with --no-track
         result["eval_dir"] = str(out)
         if is_main():
             write_scores(out, res.accuracies.tolist(), result)

@@ -230,14 +230,14 @@ def train(config: Config, resume: bool = False, progress: bool = True) -> dict:
     progress = progress and is_main()
 
     params = count_parameters(model)
-    tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment)
+    tracker = make_tracker(config.track and is_main(), config.tracking_uri, config.experiment, run.run_dir)
     tracker.start(run.run_dir.name, {**config.to_dict(), "backbone_resolved": run.backbone_name,
                                      "trainable_params": params["trainable"], "frozen_params": params["frozen"],
                                      "train_fingerprint": run.splits.train.fingerprint,
                                      "test_bank_id": run.test_bank.bank_id, "world_size": run.world,
                                      "backbone_source_dataset": _backbone_source(config),
                                      "train_objective": train_objective(model)}, run_id=run_id,
-                  tags={"command": "train"})
+                  tags={"command": "train"}, resume=resume)
     if run_id is None:
         tracker.log_text(yaml.safe_dump(config.to_dict(), sort_keys=False), "config.yaml")
     log.info("parameters: %d trainable, %d frozen", params["trainable"], params["frozen"])
@@ -314,10 +314,10 @@ def _final_evaluation(run: Run, best: dict, tracker, progress: bool) -> dict:
     tracker.log_result(result)
     if is_main():
         write_scores(run.run_dir, test.accuracies.tolist(), result)  # result.json + per-episode accuracies
-    if getattr(tracker, "tracking_uri", None) and tracker.run_id:  # curves come from the MLflow history
-        from .plots import learning_curves, mlflow_history
-        png = learning_curves(mlflow_history(tracker.tracking_uri, tracker.run_id), run.run_dir / "learning_curves.png",
-                              title=f"{run.run_dir.name}: test {test}")
+    history = tracker.metric_history(("train_loss", "train_acc", "val_acc"))  # from MLflow (and records pending)
+    if history:
+        from .plots import learning_curves
+        png = learning_curves(history, run.run_dir / "learning_curves.png", title=f"{run.run_dir.name}: test {test}")
         tracker.log_artifact(png)
     log.info("test accuracy: %s", test)
     return result

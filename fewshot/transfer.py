@@ -425,12 +425,12 @@ def transfer(config: TransferConfig, resume: bool = False, progress: bool = True
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     log.info("parameters: %d trainable, %d frozen (--adapt %s)", trainable, frozen, config.adapt)
-    tracker = make_tracker(config.track, config.tracking_uri, config.experiment)
+    tracker = make_tracker(config.track, config.tracking_uri, config.experiment, run_dir)
     tracker.start(run_dir.name, {**config.settings(), "trainable_params": trainable, "frozen_params": frozen,
                                  "num_classes": data.num_classes, "train_images": n_train,
                                  "test_images": len(data.test), "test_set_id": data.test.fingerprint,
                                  "source": data.source}, run_id=state.run_id,
-                  tags={"command": "transfer", "adapt": config.adapt})
+                  tags={"command": "transfer", "adapt": config.adapt}, resume=resume)
     with ending(tracker):
         train_s = _train(config, model, data, optimizer, scheduler, state, device, augment, run_dir, tracker, progress)
         if data.val is not None and best_path.exists():
