@@ -8,6 +8,7 @@ modification times, so a changed file invalidates it).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ def _source_key(root: Path) -> str:
 
 
 def load_splits(name: str, root: Optional[str | os.PathLike] = None, img_size: Optional[int] = None,
-                cache: bool = False) -> Splits:
+                cache: bool = False, **options) -> Splits:
     """Load dataset ``name`` as class-disjoint train/val/test splits.
 
     Args:
@@ -43,8 +44,16 @@ def load_splits(name: str, root: Optional[str | os.PathLike] = None, img_size: O
         img_size: images are resized to ``img_size x img_size`` (default: the dataset's own).
         cache: keep the decoded tensors in ``.fewshot-cache-<hash>-<size>.pt`` next to the data
             and reuse them while the source files are unchanged.
+        **options: keyword arguments of the dataset's loader (e.g. omniglot's ``val_per_alphabet``);
+            None means the loader's default and is not passed. A loader without the option refuses it.
     """
     info = dataset_info(name)
+    options = {k: v for k, v in options.items() if v is not None}
+    takes = inspect.signature(info.loader).parameters
+    for option in options:
+        if option not in takes:
+            raise DataError(f"dataset {name!r} has no option --{option.replace('_', '-')} "
+                            f"(its loader takes: {', '.join(list(takes)[2:]) or 'none'})")
     img_size = int(img_size or info.default_img_size)
     if img_size < 8:
         raise ValueError(f"img_size must be at least 8, got {img_size}")
@@ -60,14 +69,15 @@ def load_splits(name: str, root: Optional[str | os.PathLike] = None, img_size: O
     cache_path = None
     if cache and root is not None:
         folder = root if root.is_dir() else root.parent
-        cache_path = folder / f".fewshot-cache-{name}-{_source_key(root)}-{img_size}.pt"
+        opts = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+        cache_path = folder / f".fewshot-cache-{name}-{_source_key(root)}-{img_size}{opts}.pt"
         if cache_path.exists():
             try:
                 parts = [ImageSet.load(cache_path.with_suffix(f".{s}.pt")) for s in ("train", "val", "test")]
                 return Splits(*parts)
             except (DataError, FileNotFoundError) as e:
                 log.warning("ignoring unreadable cache %s: %s", cache_path, e)
-    splits = info.loader(root, img_size)
+    splits = info.loader(root, img_size, **options)
     if cache_path is not None:
         try:
             for s in ("train", "val", "test"):

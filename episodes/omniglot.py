@@ -22,6 +22,19 @@ Two protocols, chosen by which sets are present:
   classes). Greek and Latin are byte-identical in both zips and are read from small1 only, so
   alphabets never cross train/test.
 
+  ``val_per_alphabet`` (``--val-per-alphabet V``, default 3) holds out V characters of every
+  small1 alphabet instead. How the split is made, for any V: the five small1 alphabets are taken
+  in sorted order (Balinese, Early_Aramaic, Greek, Korean, Latin) and one ``random.Random(0)``
+  draws V of each alphabet's sorted characters in turn (``rng.sample``); those 5 V characters are
+  the val split, unrotated (rotations are a training augmentation: no rotated copy of any
+  character is in val, and no copy of a val character is in train); every other small1
+  character, with its four rotations, trains. Every alphabet stays in both train and val (V must
+  be below its character count, 22 for Early_Aramaic), so val asks what validation should: new
+  characters of the training alphabets. V = 3 is the historical split exactly (the same draws),
+  so results made with it stay valid; a larger V also takes other characters (the draws of a
+  later alphabet depend on how many the earlier ones took), and trains on fewer: V = 6 gives 30
+  val classes (enough for 20-way validation banks) and 106 x 4 = 424 training classes.
+
 Class names are ``Greek/character01`` and, for rotated copies, ``Greek/character01@rot90``
 (quarter turns counterclockwise, by :func:`torch.rot90` on the decoded tensors).
 """
@@ -30,7 +43,7 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -223,7 +236,8 @@ def _vinyals_splits(chars: CharacterImages, img_size: int, counts: Sequence[int]
 
 def _minimal_splits(small1: CharacterImages, small2: CharacterImages, img_size: int,
                     val_per_alphabet: int = MINIMAL_VAL_PER_ALPHABET, seed: int = SEED) -> Splits:
-    """omniglot-minimal: train/val from small1's characters, test from the alphabets only in small2."""
+    """omniglot-minimal: train/val from small1's characters (``val_per_alphabet`` of each alphabet held out,
+    see the module docstring), test from the alphabets only in small2."""
     alphabets1 = sorted({a for a, _ in small1})
     test_keys = sorted(k for k in small2 if k[0] not in alphabets1)
     if not test_keys:
@@ -235,7 +249,9 @@ def _minimal_splits(small1: CharacterImages, small2: CharacterImages, img_size: 
         own = sorted(k for k in small1 if k[0] == alphabet)
         if len(own) <= val_per_alphabet:
             raise DataError(f"images_background_small1: alphabet {alphabet!r} has {len(own)} characters; "
-                            f"omniglot-minimal holds out {val_per_alphabet} per alphabet and needs more")
+                            f"omniglot-minimal holds out {val_per_alphabet} per alphabet and needs more"
+                            + ("" if val_per_alphabet == MINIMAL_VAL_PER_ALPHABET else
+                               f" (use --val-per-alphabet {len(own) - 1} or fewer)"))
         val_keys += rng.sample(own, val_per_alphabet)
     val_keys = sorted(val_keys)
     train_keys = sorted(set(small1) - set(val_keys))
@@ -250,20 +266,36 @@ def _minimal_splits(small1: CharacterImages, small2: CharacterImages, img_size: 
 @register_dataset("omniglot", needs_root=True, default_img_size=28, in_chans=1,
                   description="Omniglot zips or folders: Vinyals-style split of the full set "
                               "(1028/172/423 characters x 4 rotations), or omniglot-minimal "
-                              "(small1/small2: 484/15/106 classes)")
-def load_omniglot(root: Path, img_size: int) -> Splits:
+                              "(small1/small2: 484/15/106 classes; --val-per-alphabet V: 4 (136 - 5 V) / 5 V / 106)")
+def load_omniglot(root: Path, img_size: int, val_per_alphabet: Optional[int] = None) -> Splits:
     """Load Omniglot from ``root`` (see the module docstring for where files go and the protocols).
+
+    Args:
+        root: a folder with the sets, or one set's zip or folder.
+        img_size: images are resized to ``img_size x img_size``.
+        val_per_alphabet: omniglot-minimal only: characters of every small1 alphabet held out for
+            validation (None: 3, the historical split). The full Omniglot's Vinyals-style split is
+            fixed and refuses it.
 
     Returns:
         :class:`Splits` of uint8 ``[N, 1, img_size, img_size]`` image sets, strokes bright.
     """
+    if val_per_alphabet is not None and (isinstance(val_per_alphabet, bool) or not isinstance(val_per_alphabet, int)
+                                         or val_per_alphabet < 1):
+        raise DataError(f"omniglot: val_per_alphabet must be a positive integer, got {val_per_alphabet!r}")
     sets = find_omniglot_sets(root)
     if all(s in sets for s in _FULL):
+        if val_per_alphabet is not None:
+            raise DataError(f"{root}: --val-per-alphabet applies to omniglot-minimal (images_background_small1/2); "
+                            f"the full Omniglot's Vinyals-style split has a fixed val split of {VINYALS_COUNTS[1]} "
+                            "characters")
         log.info("omniglot: Vinyals-style split of %s", ", ".join(str(sets[s]) for s in _FULL))
         return _vinyals_splits(_merge([read_omniglot_set(sets[s]) for s in _FULL]), img_size, VINYALS_COUNTS)
     if all(s in sets for s in _MINIMAL):
         log.info("omniglot: omniglot-minimal protocol from %s", ", ".join(str(sets[s]) for s in _MINIMAL))
-        return _minimal_splits(read_omniglot_set(sets[_MINIMAL[0]]), read_omniglot_set(sets[_MINIMAL[1]]), img_size)
+        held = MINIMAL_VAL_PER_ALPHABET if val_per_alphabet is None else val_per_alphabet
+        return _minimal_splits(read_omniglot_set(sets[_MINIMAL[0]]), read_omniglot_set(sets[_MINIMAL[1]]), img_size,
+                               held)
     found = ", ".join(str(p) for p in sets.values()) or "none of them"
     raise DataError(f"{root}: incomplete Omniglot; found {found}. Needed: images_background + "
                     f"images_evaluation (full Omniglot), or images_background_small1 + "

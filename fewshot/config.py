@@ -101,6 +101,9 @@ class Config:
     data_root: Optional[str] = setting(None, "File or folder the dataset is read from.", path="any")
     img_size: Optional[int] = setting(None, "Resize images to this size (default: the dataset's).")
     cache: bool = setting(False, "Keep decoded images next to the data.")
+    val_per_alphabet: Optional[int] = setting(None, "omniglot-minimal: characters of every training alphabet held out "
+                                              "as the val split (unrotated; the rest train with their rotations) "
+                                              "[default: 3, the 15-class split].", train_only=True)
     # episodes
     way: int = setting(5, "Classes per episode.")
     shot: int = setting(1, "Support images per class.")
@@ -195,7 +198,7 @@ class Config:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.way < 2:
             raise ConfigError(f"way must be at least 2, got {self.way}")
-        for name in ("train_way", "train_shot", "train_query", "img_size", "threads"):
+        for name in ("train_way", "train_shot", "train_query", "img_size", "threads", "val_per_alphabet"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name} must be a positive integer or unset, got {v!r}")

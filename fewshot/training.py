@@ -97,7 +97,8 @@ def prepare(config: Config) -> Run:
     if world > 1 and config.pretrain_epochs:
         raise ConfigError("--pretrain-epochs under torchrun is not supported yet; run it in one process")
     info = dataset_info(config.dataset)
-    splits = load_splits(config.dataset, config.data_root, episode_img_size(config), cache=config.cache)
+    splits = load_splits(config.dataset, config.data_root, episode_img_size(config), cache=config.cache,
+                         val_per_alphabet=config.val_per_alphabet)
     img_size = splits.train.image_shape[-1]
     in_chans = splits.train.image_shape[0]
     stream_seed = config.seed if rank == 0 else episode_seed(config.seed, 1_000_003 * rank)  # rank-seeded streams

@@ -265,3 +265,73 @@ class TestBadInputs:
         (tmp_path / "photos.zip").write_bytes(b"PK")
         with pytest.raises(DataError, match=r"photos\.zip: not an Omniglot set"):
             load_omniglot(tmp_path / "photos.zip", 28)
+
+
+@pytest.fixture(scope="module")
+def six(omniglot_dir):
+    """omniglot-minimal with 6 characters of every training alphabet held out (30 val classes)."""
+    return load_omniglot(omniglot_dir, 28, val_per_alphabet=6)
+
+
+class TestValPerAlphabet:
+    """--val-per-alphabet V: more held-out characters of the training alphabets; V = 3 is the historical split."""
+
+    def test_three_is_the_default_split_exactly(self, omniglot_dir, minimal):
+        three = load_omniglot(omniglot_dir, 28, val_per_alphabet=3)
+        for split in ("train", "val", "test"):
+            assert three[split].fingerprint == minimal[split].fingerprint
+
+    def test_the_default_test_bank_is_the_one_the_results_were_scored_on(self, minimal):
+        """benchmarks/results/omniglot_minimal.md's 5-way 1-shot bank (600 episodes, bank seed 0)."""
+        from episodes import EpisodeSampler
+
+        assert EpisodeSampler(minimal.test, 5, 1, 15, seed=0).bank(600).bank_id == "198fb0828aee0318"
+
+    def test_six_hold_out_six_whole_unrotated_characters_of_every_alphabet(self, six, minimal):
+        assert (six.train.num_classes, six.val.num_classes, six.test.num_classes) == (424, 30, 106)
+        alphabets = sorted(class_alphabets(minimal.train))
+        assert [n.split("/")[0] for n in six.val.class_names] == [a for a in alphabets for _ in range(6)]
+        assert not any("@rot" in n for n in six.val.class_names)
+        train_chars = {n.split("@")[0] for n in six.train.class_names}
+        assert not train_chars & set(six.val.class_names)
+        assert len(train_chars | set(six.val.class_names)) == 136  # every small1 character, once
+        assert class_alphabets(six.train) == set(alphabets)  # every alphabet still trains
+
+    def test_the_draws_are_seeded_and_the_test_split_is_untouched(self, six, omniglot_dir, minimal):
+        again = load_omniglot(omniglot_dir, 28, val_per_alphabet=6)
+        assert again.val.class_names == six.val.class_names and torch.equal(again.val.images, six.val.images)
+        assert six.test.fingerprint == minimal.test.fingerprint
+        balinese = {n for n in minimal.val.class_names if n.startswith("Balinese/")}
+        assert balinese < set(six.val.class_names)  # the first alphabet's six draws start with its three
+
+    def test_load_splits_passes_the_option_and_caches_it_apart(self, omniglot_dir, tmp_path):
+        from episodes import load_splits
+
+        for name in ("images_background_small1.zip", "images_background_small2.zip"):
+            (tmp_path / name).symlink_to(omniglot_dir / name)
+        assert load_splits("omniglot", tmp_path, cache=True, val_per_alphabet=4).val.num_classes == 20
+        assert load_splits("omniglot", tmp_path, cache=True).val.num_classes == 15
+        assert load_splits("omniglot", tmp_path, cache=True, val_per_alphabet=4).val.num_classes == 20  # from cache
+        assert len(list(tmp_path.glob(".fewshot-cache-omniglot-*val_per_alphabet4.pt"))) == 1
+
+    def test_more_than_an_alphabet_can_spare_is_refused_naming_it_and_the_limit(self, omniglot_dir):
+        with pytest.raises(DataError, match=r"alphabet 'Early_Aramaic' has 22 characters; omniglot-minimal holds "
+                                            r"out 22 per alphabet and needs more \(use --val-per-alphabet 21 or fewer\)"):
+            load_omniglot(omniglot_dir, 28, val_per_alphabet=22)
+
+    @pytest.mark.parametrize("value", [0, -1, 2.5, True])
+    def test_a_value_that_is_not_a_positive_integer_is_refused(self, omniglot_dir, value):
+        with pytest.raises(DataError, match="val_per_alphabet must be a positive integer"):
+            load_omniglot(omniglot_dir, 28, val_per_alphabet=value)
+
+    def test_the_full_omniglot_split_is_fixed_and_refuses_the_option(self, tmp_path):
+        fake_set(tmp_path, "images_background", {"Alpha": 3}, drawers=3)
+        fake_set(tmp_path, "images_evaluation", {"Gamma": 4}, drawers=3, offset=5000)
+        with pytest.raises(DataError, match="--val-per-alphabet applies to omniglot-minimal .* fixed val split of 172"):
+            load_omniglot(tmp_path, 8, val_per_alphabet=5)
+
+    def test_a_dataset_without_the_option_refuses_it_naming_both(self):
+        from episodes import load_splits
+
+        with pytest.raises(DataError, match="dataset 'glyphs' has no option --val-per-alphabet"):
+            load_splits("glyphs", val_per_alphabet=6)
