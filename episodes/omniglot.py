@@ -35,6 +35,10 @@ Two protocols, chosen by which sets are present:
   later alphabet depend on how many the earlier ones took), and trains on fewer: V = 6 gives 30
   val classes (enough for 20-way validation banks) and 106 x 4 = 424 training classes.
 
+Episodes within one alphabet (Lake et al. 2015's one-shot protocol: every episode's classes from
+one alphabet) group the classes with :func:`alphabet_groups`; ``episodes.sampler.class_groups``
+resolves ``--episode-groups alphabet`` through it.
+
 Class names are ``Greek/character01`` and, for rotated copies, ``Greek/character01@rot90``
 (quarter turns counterclockwise, by :func:`torch.rot90` on the decoded tensors).
 """
@@ -52,7 +56,8 @@ from .decode import decode_images, read_zip_members
 from .errors import DataError
 from .imageset import ImageSet
 
-__all__ = ["OMNIGLOT_SETS", "find_omniglot_sets", "read_omniglot_set", "load_omniglot"]
+__all__ = ["OMNIGLOT_SETS", "find_omniglot_sets", "read_omniglot_set", "load_omniglot", "alphabet_of",
+           "alphabet_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -300,3 +305,31 @@ def load_omniglot(root: Path, img_size: int, val_per_alphabet: Optional[int] = N
     raise DataError(f"{root}: incomplete Omniglot; found {found}. Needed: images_background + "
                     f"images_evaluation (full Omniglot), or images_background_small1 + "
                     f"images_background_small2 (omniglot-minimal), each as <name>.zip or an extracted folder")
+
+
+def alphabet_of(class_name: str) -> str:
+    """The alphabet of an Omniglot class name: ``Greek/character01@rot90`` -> ``Greek`` (a rotated copy
+    belongs to its character's alphabet)."""
+    alphabet, sep, character = class_name.partition("/")
+    if not sep or not alphabet or not character:
+        raise DataError(f"{class_name!r} is not an Omniglot class name (<Alphabet>/<character>[@rot<deg>])")
+    return alphabet
+
+
+def alphabet_groups(images: ImageSet) -> Dict[str, List[int]]:
+    """The classes of an Omniglot image set grouped by alphabet.
+
+    Args:
+        images: an image set of :func:`load_omniglot` (class names ``<Alphabet>/<character>[@rot<deg>]``).
+
+    Returns:
+        ``{alphabet: [class index, ...]}``, alphabets sorted, indices ascending; rotated copies of a
+        character are in its alphabet's group.
+    """
+    groups: Dict[str, List[int]] = {}
+    for c, name in enumerate(images.class_names):
+        try:
+            groups.setdefault(alphabet_of(name), []).append(c)
+        except DataError as e:
+            raise DataError(f"{images.name}: {e}; alphabet groups need Omniglot's class names") from None
+    return dict(sorted(groups.items()))

@@ -4,6 +4,12 @@ Episode ``i`` of a sampler is a pure function of ``(seed, i)``: it is drawn from
 ``torch.Generator`` seeded from both, so access order, worker processes, ranks and resuming
 never change it, and nothing touches the global random state.
 
+Episodes may be drawn within groups of classes (``groups``; :func:`class_groups` resolves
+``--episode-groups``): episode ``i`` first draws one group, uniformly among the groups with at
+least ``way`` classes, then its ``way`` classes from that group only. For Omniglot the groups are
+alphabets, Lake et al. (2015)'s one-shot protocol, where every trial's characters come from one
+alphabet (and, as there, an alphabet with fewer characters than ``way`` takes no part).
+
 Glossary: way classes per episode, shot support images per class, query query images per class.
 """
 from __future__ import annotations
@@ -11,16 +17,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 
 from .errors import DataError
 from .imageset import ImageSet
 
-__all__ = ["Episode", "EpisodeSampler", "EpisodeBank", "episode_seed"]
+__all__ = ["Episode", "EpisodeSampler", "EpisodeBank", "episode_seed", "class_groups", "EPISODE_GROUPS"]
+
+EPISODE_GROUPS = ("none", "alphabet")
+"""What ``--episode-groups`` may name: ``none`` (classes drawn from the whole split) or ``alphabet``
+(each episode's classes from one Omniglot alphabet)."""
+
+_GROUPED_DATASETS = {"alphabet": ("omniglot",)}
+"""The datasets whose classes carry each grouping."""
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -67,6 +81,10 @@ class EpisodeSampler:
         shot: support images per class.
         query: query images per class (disjoint from the support images).
         seed: base seed; episode ``i`` depends on ``(seed, i)`` only.
+        groups: ``{group name: [class index, ...]}`` (e.g. :func:`class_groups`): every episode's
+            classes come from one group, drawn uniformly among the groups with at least ``way``
+            classes; the smaller ones are left out with a warning naming them, and a
+            :class:`DataError` names every group when none is large enough. None: the whole set.
 
     Example:
         >>> sampler = EpisodeSampler(imageset, way=5, shot=1, query=15, seed=0)
@@ -74,7 +92,8 @@ class EpisodeSampler:
         >>> support = imageset.as_float(ep.support)   # [5, C, H, W]
     """
 
-    def __init__(self, images: ImageSet, way: int, shot: int, query: int, seed: int = 0):
+    def __init__(self, images: ImageSet, way: int, shot: int, query: int, seed: int = 0,
+                 groups: Optional[Mapping[str, Sequence[int]]] = None):
         for name, v, lo in (("way", way, 2), ("shot", shot, 1), ("query", query, 1)):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -90,10 +109,15 @@ class EpisodeSampler:
             raise DataError(f"{images.name}: class {images.class_names[c]!r} has {int(sizes[c])} images, "
                             f"fewer than shot+query = {shot}+{query} = {need}{more}; lower --shot or --query")
         self.images, self.way, self.shot, self.query, self.seed = images, way, shot, query, int(seed)
+        self.groups = None if groups is None else _eligible_groups(images, groups, way)
 
     def __getitem__(self, index: int) -> Episode:
         g = torch.Generator().manual_seed(episode_seed(self.seed, index))
-        classes = torch.randperm(self.images.num_classes, generator=g)[: self.way]
+        if self.groups is None:
+            classes = torch.randperm(self.images.num_classes, generator=g)[: self.way]
+        else:  # one group, then way of its classes
+            group = self.groups[int(torch.randint(len(self.groups), (1,), generator=g))]
+            classes = group[torch.randperm(group.numel(), generator=g)[: self.way]]
         support, query = [], []
         for c in classes.tolist():
             pool = self.images.indices_of(c)
@@ -117,6 +141,50 @@ class EpisodeSampler:
             classes=torch.stack([e.classes for e in eps]), support=torch.stack([e.support for e in eps]),
             query=torch.stack([e.query for e in eps]), seed=self.seed, fingerprint=self.images.fingerprint,
             dataset=self.images.name)
+
+
+def _eligible_groups(images: ImageSet, groups: Mapping[str, Sequence[int]], way: int) -> List[torch.Tensor]:
+    """The ``[n_g]`` class indices of every group with at least ``way`` classes, in the mapping's order."""
+    sizes = {name: len(classes) for name, classes in groups.items()}
+    for name, classes in groups.items():
+        bad = [c for c in classes if not 0 <= int(c) < images.num_classes]
+        if bad or len(set(map(int, classes))) != len(classes):
+            raise ValueError(f"{images.name}: group {name!r} must list distinct class indices in "
+                             f"0..{images.num_classes - 1}, got {list(classes)}")
+    small = [name for name, n in sizes.items() if n < way]
+    listing = ", ".join(f"{name} ({n})" for name, n in sizes.items())
+    if len(small) == len(sizes):
+        raise DataError(f"{images.name}: {way}-way episodes within one group need a group of at least {way} classes; "
+                        f"the groups have {listing or 'none'}; lower --way or use --episode-groups none")
+    if small:
+        warnings.warn(f"{images.name}: {', '.join(f'{name} ({sizes[name]} classes)' for name in small)} "
+                      f"{'has' if len(small) == 1 else 'have'} fewer classes than way = {way} and "
+                      f"{'takes' if len(small) == 1 else 'take'} no part in "
+                      f"{way}-way within-group episodes", stacklevel=3)
+    return [torch.as_tensor(list(classes), dtype=torch.long) for name, classes in groups.items() if sizes[name] >= way]
+
+
+def class_groups(images: ImageSet, by: str, dataset: str) -> Optional[Dict[str, List[int]]]:
+    """The class groups ``--episode-groups by`` names for ``images`` of ``dataset``.
+
+    Args:
+        images: one split of the dataset.
+        by: one of :data:`EPISODE_GROUPS`; ``"none"`` gives None (episodes from the whole split).
+        dataset: the registered dataset the images come from; a grouping its classes do not carry is refused.
+
+    Returns:
+        ``{group name: [class index, ...]}`` for :class:`EpisodeSampler`'s ``groups``, or None.
+    """
+    if by not in EPISODE_GROUPS:
+        raise ValueError(f"episode groups must be one of {', '.join(EPISODE_GROUPS)}, got {by!r}")
+    if by == "none":
+        return None
+    if dataset not in _GROUPED_DATASETS[by]:
+        raise DataError(f"--episode-groups {by}: dataset {dataset!r} has no {by} of its classes; "
+                        f"only {', '.join(_GROUPED_DATASETS[by])} does")
+    from .omniglot import alphabet_groups  # the only grouping so far
+
+    return alphabet_groups(images)
 
 
 @dataclass(frozen=True)

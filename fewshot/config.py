@@ -111,6 +111,9 @@ class Config:
     train_way: Optional[int] = setting(None, "Classes per training episode (default: --way).", train_only=True)
     train_shot: Optional[int] = setting(None, "Support images per class in training (default: --shot).", train_only=True)
     train_query: Optional[int] = setting(None, "Query images per class in training (default: --query).", train_only=True)
+    episode_groups: str = setting("none", "Where an episode's classes come from: none (the whole split) or alphabet "
+                                  "(one Omniglot alphabet per episode, Lake et al. 2015); training, validation and "
+                                  "test episodes alike.", choices="episodes.sampler:EPISODE_GROUPS")
     # model
     backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. conv4, vig_small_28 [default: the method: "
                                       f"{METHOD['backbone']} with --matcher {METHOD['matcher']} and --augment "
@@ -211,6 +214,10 @@ class Config:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         from episodes.augment import AUGMENT_POLICIES
+        from episodes.sampler import EPISODE_GROUPS
+
+        if self.episode_groups not in EPISODE_GROUPS:
+            raise ConfigError(f"episode_groups must be one of {', '.join(EPISODE_GROUPS)}, got {self.episode_groups!r}")
 
         if self.augment not in AUGMENT_POLICIES:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENT_POLICIES)}, got {self.augment!r}")

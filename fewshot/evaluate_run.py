@@ -11,6 +11,7 @@ from typing import Optional
 import yaml
 
 from episodes import EpisodeBank, EpisodeSampler, load_splits
+from episodes.sampler import class_groups
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .compare import write_scores
@@ -86,7 +87,8 @@ def evaluate_run(run_dir: Optional[Path], config: Config, checkpoint: str = "bes
     if bank_file:
         bank = EpisodeBank.load(bank_file, test)
     else:
-        bank = EpisodeSampler(test, config.way, config.shot, config.query, seed=config.bank_seed).bank(config.eval_episodes)
+        bank = EpisodeSampler(test, config.way, config.shot, config.query, seed=config.bank_seed,
+                              groups=class_groups(test, config.episode_groups, config.dataset)).bank(config.eval_episodes)
     if weights:
         from models.shipped import shipped_file
         from .pretrained import load_pretrained

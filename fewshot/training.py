@@ -27,6 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from episodes import EpisodeSampler, dataset_info, episode_seed, load_splits
+from episodes.sampler import class_groups
 from episodes.augment import create_augment
 
 from .checkpoint import load_checkpoint, save_atomic
@@ -56,6 +57,8 @@ def start_process(config: Config) -> tuple:
     """Join torchrun's process group when ``WORLD_SIZE > 1``, set the torch threads and pick the device
     (under torchrun on CUDA: this rank's GPU). Returns ``(rank, world, device)``; ``(0, 1, device)``
     in a single process."""
+    from ._malloc import tune_malloc
+    tune_malloc()  # steps reuse their activations' memory instead of page-faulting it in (fewshot/_malloc.py)
     rank, world = setup(config.threads or 1)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -102,14 +105,15 @@ def prepare(config: Config) -> Run:
     img_size = splits.train.image_shape[-1]
     in_chans = splits.train.image_shape[0]
     stream_seed = config.seed if rank == 0 else episode_seed(config.seed, 1_000_003 * rank)  # rank-seeded streams
+    groups = {s: class_groups(splits[s], config.episode_groups, config.dataset) for s in ("train", "val", "test")}
     train_sampler = EpisodeSampler(splits.train, config.effective_train_way, config.effective_train_shot,
-                                   config.effective_train_query, seed=stream_seed)
+                                   config.effective_train_query, seed=stream_seed, groups=groups["train"])
     val_bank = None
     if config.val_episodes:
         val_bank = EpisodeSampler(splits.val, min(config.way, splits.val.num_classes), config.shot, config.query,
-                                  seed=config.bank_seed + 1).bank(config.val_episodes)
+                                  seed=config.bank_seed + 1, groups=groups["val"]).bank(config.val_episodes)
     test_bank = EpisodeSampler(splits.test, config.way, config.shot, config.query,
-                               seed=config.bank_seed).bank(config.eval_episodes)
+                               seed=config.bank_seed, groups=groups["test"]).bank(config.eval_episodes)
     torch.manual_seed(config.seed)
     model = build_model(config, img_size, in_chans).to(device)
     backbone_name = config.backbone

@@ -335,3 +335,66 @@ class TestValPerAlphabet:
 
         with pytest.raises(DataError, match="dataset 'glyphs' has no option --val-per-alphabet"):
             load_splits("glyphs", val_per_alphabet=6)
+
+
+class TestWithinAlphabetEpisodes:
+    """--episode-groups alphabet on the real zips: Lake et al. (2015)'s one-shot protocol."""
+
+    @staticmethod
+    def sampler(images, way, shot=1, query=5, seed=0, grouped=True):
+        from episodes import EpisodeSampler
+        from episodes.sampler import class_groups
+
+        groups = class_groups(images, "alphabet" if grouped else "none", "omniglot")
+        return EpisodeSampler(images, way, shot, query, seed=seed, groups=groups)
+
+    def test_alphabet_groups_of_the_test_split(self, minimal):
+        groups = omniglot.alphabet_groups(minimal.test)
+        assert {a: len(c) for a, c in groups.items()} == {"Japanese_(katakana)": 47, "Sanskrit": 42, "Tagalog": 17}
+        for alphabet, classes in groups.items():
+            assert all(minimal.test.class_names[c].startswith(alphabet + "/") for c in classes)
+
+    def test_rotated_copies_belong_to_their_characters_alphabet(self, minimal):
+        groups = omniglot.alphabet_groups(minimal.train)
+        assert sorted(groups) == sorted(class_alphabets(minimal.train))
+        assert len(groups["Greek"]) == 4 * (24 - 3)  # Greek's training characters, each in four rotations
+        assert minimal.train.class_names.index("Greek/character01@rot90") in groups["Greek"]
+
+    @pytest.mark.filterwarnings("ignore:omniglot-minimal/test. Tagalog")
+    @pytest.mark.parametrize("split, way", [("train", 20), ("val", 5), ("test", 5), ("test", 20)])
+    def test_every_episodes_classes_share_one_alphabet(self, six, split, way):
+        images = six[split]
+        bank = self.sampler(images, way).bank(300)
+        seen = set()
+        for ep in bank:
+            alphabets = {omniglot.alphabet_of(images.class_names[c]) for c in ep.classes.tolist()}
+            assert len(alphabets) == 1 and ep.classes.unique().numel() == way
+            seen |= alphabets
+            for i, c in enumerate(ep.classes.tolist()):  # images of the episode's own classes
+                assert (images.labels[ep.support[i:i + 1]] == c).all()
+        assert seen == {a for a, c in omniglot.alphabet_groups(images).items() if len(c) >= way}
+
+    def test_the_usual_protocol_mixes_alphabets(self, minimal):
+        bank = self.sampler(minimal.test, 5, grouped=False).bank(50)
+        assert any(len({omniglot.alphabet_of(minimal.test.class_names[c]) for c in ep.classes.tolist()}) > 1
+                   for ep in bank)
+
+    def test_seeded_determinism_and_a_bank_id_of_its_own(self, minimal):
+        a, b = self.sampler(minimal.test, 5, seed=3).bank(40), self.sampler(minimal.test, 5, seed=3).bank(40)
+        assert a.bank_id == b.bank_id and torch.equal(a.classes, b.classes) and torch.equal(a.query, b.query)
+        assert self.sampler(minimal.test, 5, seed=3)[17].classes.tolist() == a[17].classes.tolist()  # any order
+        assert self.sampler(minimal.test, 5, seed=4).bank(40).bank_id != a.bank_id
+        assert self.sampler(minimal.test, 5, seed=3, grouped=False).bank(40).bank_id != a.bank_id
+
+    def test_an_alphabet_with_fewer_characters_than_way_sits_out_with_a_warning_naming_it(self, minimal):
+        with pytest.warns(UserWarning, match=r"Tagalog \(17 classes\) has fewer classes than way = 20 and takes no "
+                                             r"part in 20-way within-group episodes"):
+            bank = self.sampler(minimal.test, 20).bank(60)
+        tagalog = set(omniglot.alphabet_groups(minimal.test)["Tagalog"])
+        assert not tagalog & set(bank.classes.flatten().tolist())
+
+    def test_no_alphabet_large_enough_is_an_error_naming_every_alphabet(self, minimal):
+        with pytest.raises(DataError, match=r"omniglot-minimal/val: 5-way episodes within one group need a group of "
+                                            r"at least 5 classes; the groups have Balinese \(3\), Early_Aramaic \(3\), "
+                                            r"Greek \(3\), Korean \(3\), Latin \(3\)"):
+            self.sampler(minimal.val, 5)
