@@ -5,6 +5,15 @@ are generated from the episode's support set (:class:`~prompts.generator.Support
 generator per prompted block), optionally plus M free learnable nodes (``free=True``). Prompt
 nodes appended before block i are replaced (not accumulated) at the next prompted block, and
 :meth:`Prompt.forward_nodes` drops them before pooling, so the output keeps N0 nodes.
+
+Where the nodes sit. Prompt nodes reach the output only through the patch nodes that pick them as
+k-NN neighbours (they are dropped before pooling, and the frozen backbone's BatchNorms use running
+statistics), so a prompt node no patch node picks gets exactly zero gradient. Each image's prompt
+nodes are therefore placed relative to that image's mean kept patch node entering the block (the
+learned base and the generated vectors are offsets from it): they start inside the patch nodes'
+cloud, where the graph finds them. Placed near the origin instead (small learned vectors, as they
+were), they all project onto the direction of ``fc_in``'s bias after the k-NN's L2 normalisation,
+and on a random ``test_vig`` no patch node picked one: the prompt never trained.
 """
 from __future__ import annotations
 
@@ -18,11 +27,13 @@ __all__ = ["AddNodes", "append_nodes"]
 
 
 def append_nodes(x: torch.Tensor, node_mask: torch.Tensor, nodes: torch.Tensor, keep: int):
-    """Keep the first ``keep`` nodes of ``x [B, N, D]`` and append ``nodes [M, D]`` (shared by the
-    batch) -> ``(x [B, keep+M, D], mask [B, keep+M])``; appended nodes are never masked."""
+    """Keep the first ``keep`` nodes of ``x [B, N, D]`` and append ``nodes`` (``[M, D]`` shared by the
+    batch, or ``[B, M, D]`` per image) -> ``(x [B, keep+M, D], mask [B, keep+M])``; appended nodes are
+    never masked."""
     b = x.shape[0]
-    x = torch.cat([x[:, :keep], nodes.to(x.dtype).unsqueeze(0).expand(b, -1, -1)], dim=1)
-    mask = torch.cat([node_mask[:, :keep], node_mask.new_ones(b, nodes.shape[0])], dim=1)
+    nodes = nodes.to(x.dtype)
+    x = torch.cat([x[:, :keep], nodes.expand(b, -1, -1) if nodes.dim() == 2 else nodes], dim=1)
+    mask = torch.cat([node_mask[:, :keep], node_mask.new_ones(b, nodes.shape[-2])], dim=1)
     return x, mask
 
 
@@ -47,13 +58,15 @@ class AddNodes(PerBlockGenerated, Prompt):
         self.num_nodes, self.free = num_nodes, free
         self.generators = nn.ModuleDict({str(i): SupportGenerator(self.dim, num_nodes, hidden=hidden)
                                          for i in self.blocks})
-        # generated nodes start at a learned base point (the generator's offset starts at zero)
+        # generated nodes start at a learned base offset from the image's mean patch node (the generator's
+        # output starts at zero)
         self.base = nn.Parameter(torch.randn(len(self.blocks), num_nodes, self.dim) * 0.02)
         self.free_nodes = (nn.Parameter(torch.randn(len(self.blocks), num_nodes, self.dim) * 0.02)
                            if free else None)
 
     def prompt_nodes(self, i: int) -> torch.Tensor:
-        """The ``[M, D]`` (or ``[2M, D]`` with free nodes) prompt nodes of block i."""
+        """The ``[M, D]`` (or ``[2M, D]`` with free nodes) prompt nodes of block i, as offsets from each
+        image's mean kept patch node (see the module docstring)."""
         j = self.blocks.index(i)
         nodes = self.base[j] + self.generated(i)
         if self.free_nodes is not None:
@@ -61,9 +74,14 @@ class AddNodes(PerBlockGenerated, Prompt):
         return nodes
 
     def block_hook(self, i, x, node_mask):
+        """x ``[B, N, D]``, node_mask ``[B, N]`` -> the patch nodes and, per image, the prompt nodes placed at
+        its mean kept patch node plus :meth:`prompt_nodes`: ``([B, N0 + M, D], [B, N0 + M])``."""
         if i not in self.blocks:
             return x, node_mask
-        return append_nodes(x, node_mask, self.prompt_nodes(i), self.num_patch_nodes)
+        n0 = self.num_patch_nodes
+        kept = node_mask[:, :n0].unsqueeze(-1).to(x.dtype)  # [B, N0, 1]
+        anchor = (x[:, :n0] * kept).sum(1, keepdim=True) / kept.sum(1, keepdim=True)  # [B, 1, D]
+        return append_nodes(x, node_mask, anchor + self.prompt_nodes(i), n0)
 
     def extra_repr(self):
         return f"blocks={list(self.blocks)}, num_nodes={self.num_nodes}, free={self.free}"

@@ -144,9 +144,18 @@ def test_topk_mask_and_block_masks():
     assert m.shape == (4, 49) and bool(m.any(1).all()) and int((~m).sum(1).min()) == 16  # 4x4 blocks
 
 
-@pytest.mark.parametrize("name", [n for n in prompts.list_prompts() if n != "none"])
+VGP_VIRTUAL_NODES_UNSEEN = pytest.mark.xfail(strict=True, reason=(
+    "VGP's virtual nodes (V P_g, 0.02-scaled) sit near the origin, where no patch node of this random test_vig "
+    "picks them as a neighbour: vgp's per_block.1.virtual / .graph_prompt and svgp's per_block.*.virtual / "
+    ".graph_prompt get exactly zero gradient (the placement add had before its nodes were anchored at the "
+    "image's mean patch node); a known bug, not fixed here"))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=VGP_VIRTUAL_NODES_UNSEEN) if n in ("vgp", "svgp") else n
+                                  for n in prompts.list_prompts() if n != "none"])
 def test_frozen_backbone_gets_no_gradient_and_every_prompt_parameter_does(backbone, episode, name):
     support, labels, query = episode
+    torch.manual_seed(0)  # the prompt's initial values decide which nodes the graph picks
     prompt = prompts.create(name, backbone, **({"clusters": 1} if name == "damvp" else {}))
     if name == "damvp":  # one cluster: every image routes to it, so every parameter is on the path
         prompt.fit_clusters(backbone, to_input(torch.cat([support, query])))
@@ -159,8 +168,8 @@ def test_frozen_backbone_gets_no_gradient_and_every_prompt_parameter_does(backbo
     logits = model(support, labels, query)
     (logits.logsumexp(-1).sum() + logits[:, 0].sum()).backward()
     assert all(p.grad is None for p in backbone.parameters())
-    missing = [n for n, p in prompt.named_parameters() if p.grad is None]
-    assert not missing, missing
+    missing = [n for n, p in prompt.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing  # a zero gradient is no gradient: such a parameter never trains
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == sum(p.numel() for p in prompt.parameters())
 
 
