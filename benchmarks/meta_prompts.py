@@ -56,7 +56,7 @@ import prompts  # noqa: E402
 from episodes import EpisodeSampler, load_splits  # noqa: E402
 from fewshot.evaluation import evaluate, summarise  # noqa: E402
 from fewshot.model import to_input  # noqa: E402
-from fewshot.prompting import PromptedModel, load_backbone  # noqa: E402
+from fewshot.prompting import PromptedModel, freeze, load_backbone  # noqa: E402
 from fewshot.tracking import make_tracker  # noqa: E402
 from prompts import meta  # noqa: E402
 
@@ -254,9 +254,7 @@ def main(argv=None) -> None:
                                           in_chans=splits.train.image_shape[0])
         if args.backbone_from:
             load_backbone(backbone, args.backbone_from)
-        backbone.eval()
-        for p in backbone.parameters():
-            p.requires_grad_(False)
+        freeze(backbone).eval()
         prompt = build(args, backbone, clusters, splits.train)
         method = init
         if clusters > 1 and args.cluster_from == "single":  # copies of the meta-trained single prompt

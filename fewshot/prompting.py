@@ -23,7 +23,7 @@ from torch import nn
 import prompts
 from episodes import to_input
 from prompts import meta, tuning
-from prompts.base import Prompt
+from prompts.base import Prompt, freeze
 from prompts.views import augment
 
 from .adaptation import create_adaptation
@@ -31,13 +31,6 @@ from .adaptation import create_adaptation
 log = logging.getLogger(__name__)
 
 __all__ = ["PromptedModel", "augment", "freeze", "load_backbone", "backbone_source", "build_prompted_model"]
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Turn off gradients for every parameter of ``module`` (returned for chaining)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
 
 
 class PromptedModel(nn.Module):

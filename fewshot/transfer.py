@@ -218,8 +218,9 @@ class TransferModel(nn.Module):
         self.backbone, self.prompt, self.adapt = backbone, prompt, adapt
         self.classifier = nn.Linear(int(backbone.num_features), num_classes)
         self._condition: Optional[tuple] = None  # (nodes [S, N0, D], labels [S]) of the conditioning set
-        for p in self.parameters():
-            p.requires_grad_(False)
+        from prompts.base import freeze
+
+        freeze(self)  # then the adapt mode's modules train again
         for module in trainable_modules(self):
             for p in module.parameters():
                 p.requires_grad_(True)

@@ -44,12 +44,20 @@ from registry import Option, Registry, class_options
 
 __all__ = [
     "Prompt", "NoPrompt", "register_prompt", "get", "create", "list_prompts", "parse_blocks",
-    "accepted_options", "options",
+    "accepted_options", "options", "freeze",
 ]
 
 BlocksSpec = Union[str, int, Sequence[int], None]
 
 _REGISTRY: Registry = Registry("prompt")
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Turn off gradients for every parameter of ``module`` (the frozen backbone a prompt adapts);
+    returned for chaining. Its BatchNorms are the caller's: ``.eval()`` keeps their running statistics."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
 
 
 def parse_blocks(spec: BlocksSpec, depth: int) -> Tuple[int, ...]:

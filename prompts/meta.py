@@ -31,7 +31,7 @@ from torch import nn
 
 from prototypes import prototype_logits
 
-from .base import Prompt
+from .base import Prompt, freeze
 from .tuning import Scorer, optimiser_step, score, tune
 
 __all__ = ["META_INITS", "wrap", "episode_loss", "meta_step", "meta_train", "train_learner", "adapt_prompt"]
@@ -127,8 +127,7 @@ def train_learner(meta: nn.Module, backbone: nn.Module, tasks: Iterable[Tuple[to
     Returns the losses per outer step."""
     if inner_steps < 1 or meta_batch < 1 or iterations < 0:
         raise ValueError("inner_steps and meta_batch must be >= 1 and iterations >= 0")
-    for p in backbone.parameters():
-        p.requires_grad_(False)
+    freeze(backbone)
     meta = meta.to(device)
     opt = torch.optim.Adam(meta.parameters(), lr=meta_lr)
     it: Iterator = iter(tasks)
