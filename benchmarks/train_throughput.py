@@ -23,14 +23,21 @@ initial state), with Adam at lr 1e-3 and a constant learning rate, on the same n
 * ``floor``: the same model's forward + backward + Adam step on one episode pre-stacked and
   pre-converted to float in memory: no sampling, indexing or conversion.
 * ``ours+channels_last``: ``ours`` with the model in ``torch.channels_last`` memory format.
-* ``ours+malloc_env``: ``ours`` in a worker started with glibc's malloc tuned by environment
-  variables (``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296``, see
-  ``MALLOC_ENV``): the code is unchanged; allocations of up to 32 MiB are reused from the heap
-  instead of being mapped and zero-filled afresh every step.
+* ``ours+glibc_defaults``: ``ours`` with glibc's own malloc behaviour (``FEWSHOT_MALLOC=default``
+  in its worker): what ``ours`` was before ``fewshot._malloc.tune_malloc``, which ``prepare`` (and
+  the CLI) now call at start-up so that allocations of up to 32 MiB are reused from the heap instead
+  of being mapped and zero-filled afresh every step. ``ours`` runs in the default environment (no
+  variables set); the ratio ``ours / glibc_defaults`` and the page faults per episode of both are
+  the before and after of that call.
 * ``ours+compile`` (only with ``--compile``): ``ours`` with the model wrapped by ``torch.compile``
   (the untimed warm-up episodes include the compilation, with an empty inductor cache, so the
   warm-up seconds show the full compile time). The matcher's label check (``int(labels.max())``)
   breaks the graph in two; dynamo logs that warning.
+
+Every side runs in the default environment; ``easyfsl`` and ``ours+glibc_defaults`` with glibc's
+malloc defaults (``FEWSHOT_MALLOC=default``: their workers borrow ``prepare`` for the images and the
+initial weights, and easyfsl's users do not get our start-up call), ``ours``, ``floor`` and
+``ours+channels_last`` with the tuning ``prepare`` applies.
 
 Each side runs in its own worker process (the script re-invokes itself with ``--side``), so its
 peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own; the parent drives the workers in
@@ -92,11 +99,12 @@ QUERY = 15
 LR = 1e-3
 SEED = 0
 WARMUP = 3  # untimed episodes per worker before the first round (compilation, first-touch, allocator)
-SIDES = ("ours", "easyfsl", "floor", "ours+channels_last", "ours+malloc_env")
+SIDES = ("ours", "easyfsl", "floor", "ours+channels_last", "ours+glibc_defaults")
 COMPILE_SIDE = "ours+compile"
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
-"""glibc malloc settings of the ``ours+malloc_env`` worker: blocks below 32 MiB come from the heap
-(not a fresh ``mmap`` per allocation), and ``free`` never gives the top of the heap back to the OS."""
+GLIBC_DEFAULTS = {"FEWSHOT_MALLOC": "default"}
+"""Environment of the workers that keep glibc's malloc defaults (``fewshot._malloc.tune_malloc`` then
+does nothing): easyfsl, as its users run it, and ``ours+glibc_defaults``, ours before the tuning."""
+DEFAULT_MALLOC_SIDES = ("easyfsl", "ours+glibc_defaults")
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -257,7 +265,7 @@ class EasyfslSide:
 def make_side(name: str, args, way: int, shot: int):
     if name == "ours":
         return OursSide(args, way, shot, "")
-    if name == "ours+malloc_env":  # the same code; the worker's environment differs (Worker)
+    if name == "ours+glibc_defaults":  # the same code; the worker's environment differs (Worker)
         return OursSide(args, way, shot, "")
     if name == "ours+channels_last":
         return OursSide(args, way, shot, "channels_last")
@@ -328,8 +336,8 @@ class Worker:
             cmd += ["--data-root", args.data_root]
         env = dict(os.environ)
         self.cache = None
-        if name == "ours+malloc_env":
-            env.update(MALLOC_ENV)
+        if name in DEFAULT_MALLOC_SIDES:
+            env.update(GLIBC_DEFAULTS)
         if name == COMPILE_SIDE:  # an empty inductor cache: the warm-up then shows the full compile time
             self.cache = env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="train_throughput-inductor-")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
@@ -406,7 +414,8 @@ def measure_setting(args, way: int, shot: int, sides: List[str], rounds: int, ep
 
     result["ratios"] = {"ours/easyfsl": ratio("ours", "easyfsl"), "ours/floor": ratio("ours", "floor"),
                         "channels_last/ours": ratio("ours+channels_last", "ours"),
-                        "malloc_env/ours": ratio("ours+malloc_env", "ours"),
+                        "ours/glibc_defaults": ratio("ours", "ours+glibc_defaults"),
+                        "glibc_defaults/easyfsl": ratio("ours+glibc_defaults", "easyfsl"),
                         "compile/ours": ratio(COMPILE_SIDE, "ours")}
     fps = {s["fingerprint"] for s in result["sides"].values() if "fingerprint" in s}
     result["same_initial_weights"] = len(fps) == 1
@@ -427,13 +436,15 @@ def markdown(results: List[dict]) -> str:
                          f"{s['maxrss_mib']:.0f} | {s['maxrss_mib'] - s['import_rss_mib']:.0f} | "
                          f"{s['minflt_per_episode']:,.0f} | {100 * s['sys_share']:.0f}% | {s['warmup_s']:.1f} |")
     fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-    lines += ["", "| setting | ours / easyfsl | ours / floor | channels_last / ours | malloc_env / ours | "
-              "compile / ours | same init | ours checkpoint s/round |", "|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines += ["", "| setting | ours / easyfsl | ours / floor | channels_last / ours | ours / glibc_defaults | "
+              "glibc_defaults / easyfsl | compile / ours | same init | ours checkpoint s/round |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for res in results:
         r = res["ratios"]
         ckpt = res["sides"].get("ours", {}).get("checkpoint_s")
         lines.append(f"| {res['way']}-way {res['shot']}-shot | {fmt(r['ours/easyfsl'])} | {fmt(r['ours/floor'])} | "
-                     f"{fmt(r['channels_last/ours'])} | {fmt(r['malloc_env/ours'])} | {fmt(r['compile/ours'])} | {res['same_initial_weights']} | "
+                     f"{fmt(r['channels_last/ours'])} | {fmt(r['ours/glibc_defaults'])} | "
+                     f"{fmt(r['glibc_defaults/easyfsl'])} | {fmt(r['compile/ours'])} | {res['same_initial_weights']} | "
                      f"{'-' if ckpt is None else f'{ckpt:.3f}'} |")
     return "\n".join(lines)
 
@@ -492,7 +503,8 @@ def main(argv=None) -> None:
     results = [measure_setting(args, way, shot, sides, args.rounds, episodes) for way, shot in settings]
     table = markdown(results)
     out = {"provenance": provenance, "dataset": args.dataset, "machine": machine, "rounds": args.rounds, "episodes_per_round": episodes, "warmup_episodes": WARMUP,
-           "query": QUERY, "lr": LR, "malloc_env": MALLOC_ENV, "load_average_at_end": os.getloadavg(), "settings": results, "markdown": table}
+           "query": QUERY, "lr": LR, "glibc_defaults_env": GLIBC_DEFAULTS,
+           "default_malloc_sides": list(DEFAULT_MALLOC_SIDES), "load_average_at_end": os.getloadavg(), "settings": results, "markdown": table}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

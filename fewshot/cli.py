@@ -201,6 +201,8 @@ def _emit(result: dict, as_json: bool, lines: list):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose):
     """Few-shot episodic learning with Vision GNN backbones, graph prompts and plug-in matchers."""
+    from ._malloc import tune_malloc
+    tune_malloc()  # steps reuse their activations' memory instead of page-faulting it in (fewshot/_malloc.py)
     level = logging.WARNING - 10 * min(verbose + 1, 2)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     import warnings

@@ -57,6 +57,8 @@ def start_process(config: Config) -> tuple:
     """Join torchrun's process group when ``WORLD_SIZE > 1``, set the torch threads and pick the device
     (under torchrun on CUDA: this rank's GPU). Returns ``(rank, world, device)``; ``(0, 1, device)``
     in a single process."""
+    from ._malloc import tune_malloc
+    tune_malloc()  # steps reuse their activations' memory instead of page-faulting it in (fewshot/_malloc.py)
     rank, world = setup(config.threads or 1)
     if config.threads:
         torch.set_num_threads(config.threads)
