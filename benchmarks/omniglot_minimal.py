@@ -173,10 +173,14 @@ def _cell(scores) -> str:
 
 
 def _diff(a, b) -> str:
+    """Paired difference ``a - b`` (:func:`_results.paired_cell`) of two scored runs, which must be scored on
+    one bank (``ValueError`` naming both banks otherwise)."""
     if a is None or b is None:
         return "not scored"
-    p = paired_test(a.accuracies, b.accuracies)
-    return f"{100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} (p={p['t_p']:.2g}, W p={p['wilcoxon_p']:.2g})"
+    if a.bank_id != b.bank_id:
+        raise ValueError(f"a paired difference needs one bank: {a.bank_id} ({a.accuracies.size} episodes) "
+                         f"against {b.bank_id} ({b.accuracies.size} episodes)")
+    return _results.paired_cell(a.accuracies, b.accuracies)
 
 
 def report(plan: dict, done: dict, settings: list, argv: list, args) -> str:

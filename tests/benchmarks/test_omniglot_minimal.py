@@ -95,3 +95,133 @@ def test_the_shipped_configs_load_and_train_a_few_episodes(tmp_path, name):
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["test_episodes"] == 4 and result["backbone"] == (config.backbone or "conv4")
+
+
+def test_a_paired_difference_is_results_paired_cell_on_one_bank_and_refuses_two_banks():
+    """``_diff`` is ``_results.paired_cell`` (one formatting, its equal-episodes guard) and first checks that
+    both runs were scored on the same bank: two banks of equal size would otherwise pair unrelated episodes."""
+    import importlib.util
+
+    import numpy as np
+
+    from fewshot.compare import RunScores
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("omniglot_minimal_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    g = np.random.default_rng(0)
+    a, b = (g.integers(0, 2, 40).astype(float) for _ in range(2))
+    run = lambda acc, bank: RunScores("r", acc, bank, 5, 1)  # noqa: E731
+    assert script._diff(run(a, "bank-1"), run(b, "bank-1")) == script._results.paired_cell(a, b)
+    with pytest.raises(ValueError, match=r"one bank: bank-1 \(40 episodes\) against bank-2 \(40 episodes\)"):
+        script._diff(run(a, "bank-1"), run(b, "bank-2"))
+    with pytest.raises(ValueError, match="same episodes"):
+        script._diff(run(a, "bank-1"), run(b[:30], "bank-1"))
+
+
+def script():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import omniglot_minimal
+    return omniglot_minimal
+
+
+class TestEvalCache:
+    """A cell is reused only for the same settings, the same weights (sha256) and the same code version."""
+
+    @pytest.fixture
+    def setup(self, tmp_path, monkeypatch):
+        from argparse import Namespace
+
+        om = script()
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "best.pt").write_bytes(b"weights-A" * 100)
+        calls = []
+
+        def fake_run(cmd, log):
+            folder = run_dir / f"eval-{len(calls)}"
+            folder.mkdir()
+            (folder / "result.json").write_text("{}")
+            calls.append(cmd)
+            return {"eval_dir": str(folder)}, 0.0
+
+        monkeypatch.setattr(om, "_run", fake_run)
+        args = Namespace(runs_dir=str(tmp_path), code="abc1234", threads=1, no_track=True)
+        score = lambda: om._eval(["fewshot"], run_dir, 5, 1, 10, [], args, tmp_path / "log")  # noqa: E731
+        return om, run_dir, args, calls, score
+
+    def test_the_same_settings_weights_and_code_reuse_the_cell(self, setup):
+        om, run_dir, args, calls, score = setup
+        first = score()
+        assert score() == first and len(calls) == 1
+        key = next(iter(json.loads((Path(args.runs_dir) / "eval_cache.json").read_text())))
+        import hashlib
+        assert json.loads(key) == {"settings": ["--run-dir", str(run_dir), "--way", "5", "--shot", "1",
+                                                "--eval-episodes", "10"],
+                                   "weights_sha256": hashlib.sha256(b"weights-A" * 100).hexdigest(), "code": "abc1234"}
+
+    def test_other_weights_of_the_same_size_and_time_are_scored_again(self, setup):
+        """What the size/mtime key missed: a best.pt rewritten with other bytes and its old stamp."""
+        import os
+        om, run_dir, args, calls, score = setup
+        score()
+        best = run_dir / "best.pt"
+        stamp = best.stat().st_mtime_ns
+        best.write_bytes(b"weights-B" * 100)
+        os.utime(best, ns=(stamp, stamp))
+        score()
+        assert len(calls) == 2
+
+    def test_the_same_weights_touched_are_reused(self, setup):
+        import os
+        om, run_dir, args, calls, score = setup
+        score()
+        os.utime(run_dir / "best.pt", ns=(1, 1))
+        score()
+        assert len(calls) == 1
+
+    def test_another_code_version_scores_again(self, setup):
+        om, run_dir, args, calls, score = setup
+        score()
+        args.code = "def5678"
+        second = score()
+        assert len(calls) == 2 and second.endswith("eval-1")
+        args.code = "abc1234"  # the first version's cell is still there
+        assert score().endswith("eval-0") and len(calls) == 2
+
+    def test_a_vanished_folder_is_scored_again(self, setup):
+        import shutil
+        om, run_dir, args, calls, score = setup
+        shutil.rmtree(score())
+        score()
+        assert len(calls) == 2
+
+
+class TestCodeVersion:
+    def test_a_clean_tree_is_its_commit(self, monkeypatch):
+        om = script()
+        monkeypatch.setattr(om._results, "commit", lambda outputs=(): "abc1234")
+        assert om.code_version() == "abc1234"
+
+    def test_a_dirty_tree_adds_the_hash_of_its_diff_without_results(self, monkeypatch):
+        import hashlib
+        import subprocess as sp
+        om = script()
+        monkeypatch.setattr(om._results, "commit", lambda outputs=(): "abc1234-dirty")
+        seen = []
+
+        def fake(cmd, capture_output):
+            seen.append(cmd)
+            return sp.CompletedProcess(cmd, 0, stdout=b"diff --git a/x b/x\n")
+
+        monkeypatch.setattr(om.subprocess, "run", fake)
+        out = ROOT / "benchmarks" / "results" / "x.md"
+        assert om.code_version([out]) == "abc1234-dirty+" + hashlib.sha256(b"diff --git a/x b/x\n").hexdigest()[:12]
+        assert seen[0][3:6] == ["diff", "HEAD", "--"] and ":(exclude)benchmarks/results" in seen[0]
+        assert ":(exclude)benchmarks/results/x.md" in seen[0]
+
+    def test_the_real_version_names_the_checkout(self):
+        om = script()
+        commit, version = om._results.commit(), om.code_version()
+        assert version == commit or re.fullmatch(re.escape(commit) + r"\+[0-9a-f]{12}", version)
