@@ -10,6 +10,11 @@ the report pairs each step with its ``vs`` step and the plan's ``final`` pair (V
 :func:`fewshot.compare.paired_test`. The Markdown report starts with the exact command, the git
 commit and the date; nothing in it is written by hand.
 
+Every evaluation is kept in ``--runs-dir/eval_cache.json`` under a key of its settings, the
+sha256 of the weights it scored and the code version that scored it (the commit, plus a hash of
+the uncommitted changes to tracked files when there are any): a rerun reuses a cell only when all
+three are the same, so a reused cell is never stamped with a later commit than computed it.
+
 Usage:
     python benchmarks/omniglot_minimal.py --plan benchmarks/configs/omniglot-minimal-ablation.yaml \\
         --data-root ../shared/data/omniglot --runs-dir runs/omniglot-minimal \\
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import shlex
@@ -92,27 +98,72 @@ def _tracking(args) -> list:
     return ["--experiment", args.experiment] + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])
 
 
-def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extra: list, args, log: Path) -> str:
-    """``fewshot eval`` of ``run_dir`` at ``way``/``shot`` on an ``episodes`` bank; returns the scores folder.
+def code_version(outputs=()) -> str:
+    """The version of the code that scores: :func:`_results.commit` (the short commit, ``-dirty`` when a tracked
+    file differs), plus ``+<sha256 of git diff HEAD>`` (12 hex digits) for a dirty tree, so two different sets of
+    uncommitted changes on one commit are two versions. Results files and ``outputs`` do not count."""
+    commit = _results.commit(outputs)
+    if not commit.endswith("-dirty"):
+        return commit
+    excluded = [":(exclude)benchmarks/results"]
+    for path in outputs:
+        path = Path(path).resolve()
+        if path.is_relative_to(ROOT):
+            excluded.append(f":(exclude){path.relative_to(ROOT).as_posix()}")
+    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", ".", *excluded], capture_output=True).stdout
+    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}"
 
-    An evaluation already made by this script with the same arguments, of the same ``best.pt`` (its size and
-    modification time), is reused from ``<runs-dir>/eval_cache.json`` when its folder is still there: the
-    scores are a pure function of those, so a rerun after a new step does not score the old ones again."""
-    args_key = ["--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot), "--eval-episodes", str(episodes),
-                *extra]
-    best = run_dir / "best.pt"
-    key = json.dumps([args_key, best.stat().st_size, best.stat().st_mtime_ns] if best.exists() else args_key)
+
+def weights_sha256(run_dir: Path) -> str | None:
+    """sha256 of ``run_dir/best.pt``, read every time (a few MB: milliseconds); None when there is none."""
+    best = Path(run_dir) / "best.pt"
+    if not best.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(best, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(args_key: list, run_dir: Path, code: str) -> str:
+    """The eval cache's key: the scoring settings, the weights' sha256 and the code version."""
+    return json.dumps({"settings": [str(a) for a in args_key], "weights_sha256": weights_sha256(run_dir),
+                       "code": code}, sort_keys=True)
+
+
+def _cached(args, key: str) -> str | None:
     cache_file = Path(args.runs_dir) / "eval_cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    if key in cache and (Path(cache[key]) / "result.json").is_file():
-        return cache[key]
-    track = _tracking(args)
-    ev, _ = _run([*fewshot, "eval", *args_key, *track, "--threads", str(args.threads), "--no-progress", "--json"], log)
+    folder = cache.get(key)
+    return folder if folder and (Path(folder) / "result.json").is_file() else None
+
+
+def _remember(args, key: str, folder: str) -> None:
+    cache_file = Path(args.runs_dir) / "eval_cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}  # another invocation may have added
-    cache[key] = ev["eval_dir"]
+    cache[key] = str(folder)
     tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
     tmp.write_text(json.dumps(cache, indent=1))
     os.replace(tmp, cache_file)  # atomic: a concurrent reader sees the old or the new file, never half of one
+
+
+def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extra: list, args, log: Path) -> str:
+    """``fewshot eval`` of ``run_dir`` at ``way``/``shot`` on an ``episodes`` test bank; returns the scores folder.
+
+    An evaluation already made by this script with the same arguments, of the same weights (``best.pt``'s
+    sha256), by the same code (:func:`code_version`), is reused from ``<runs-dir>/eval_cache.json`` when its
+    folder is still there: the scores are a pure function of those, so a rerun after a new step does not score
+    the old ones again, and a new commit scores everything again."""
+    args_key = ["--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot), "--eval-episodes", str(episodes),
+                *extra]
+    key = cache_key(args_key, run_dir, args.code)
+    hit = _cached(args, key)
+    if hit:
+        return hit
+    track = _tracking(args)
+    ev, _ = _run([*fewshot, "eval", *args_key, *track, "--threads", str(args.threads), "--no-progress", "--json"], log)
+    _remember(args, key, ev["eval_dir"])
     return ev["eval_dir"]
 
 
@@ -188,7 +239,7 @@ def report(plan: dict, done: dict, settings: list, argv: list, args) -> str:
     final_scores = {name: {s: load_run(folder) for s, folder in d["final"].items()}
                     for name, d in done.items() if "final" in d}
     heads = [f"{w}w{s}s" for w, s in settings]
-    commit = _results.commit([args.out])
+    commit = args.commit
     lines = [f"# omniglot-minimal accuracy ablation",
              "",
              f"Generated by `{_results.command(__file__, argv)}` at commit {commit} "
@@ -256,6 +307,8 @@ def main(argv=None) -> int:
     unknown = set(wanted) - {s["name"] for s in plan["steps"]}
     if unknown:
         raise SystemExit(f"unknown steps {sorted(unknown)}; the plan has {[s['name'] for s in plan['steps']]}")
+    args.commit = _results.commit([args.out])  # once, before anything is scored: the header names this commit
+    args.code = code_version([args.out])
     done = {s["name"]: run_step(s, plan, args, settings) for s in plan["steps"] if s["name"] in wanted}
     text = report(plan, done, settings, argv, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
