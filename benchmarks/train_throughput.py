@@ -125,8 +125,10 @@ def _rss_mib() -> float:
 
 
 def _config(args, way: int, shot: int, run_dir: str) -> Config:
-    """The run configuration every side shares (ours trains it with ``_train_loop``)."""
-    return Config(dataset=args.dataset, data_root=args.data_root, way=way, shot=shot, query=QUERY, lr=LR,
+    """The run configuration every side shares (ours trains it with ``_train_loop``): Conv-4 and the
+    prototype matcher named, since a run that names no backbone trains the method (``fewshot.config.METHOD``)."""
+    return Config(dataset=args.dataset, data_root=args.data_root, backbone="conv4", matcher="prototype",
+                  way=way, shot=shot, query=QUERY, lr=LR,
                   grad_clip=0.0, val_episodes=0, eval_episodes=1, checkpoint_every=10 ** 9, track=False,
                   device="cpu", threads=args.threads, seed=SEED, run_dir=run_dir)
 
