@@ -240,6 +240,19 @@ def load_previous(path: Path, append: bool) -> Tuple[List[dict], List[dict]]:
     return data["runs"], data["rows"]
 
 
+def check_append(path: Path, runs: Sequence[dict], run: dict, same: Sequence[str]) -> None:
+    """``--append``: exit with one line naming the earlier run of ``path`` and what differs unless every run
+    in ``runs`` has the new ``run``'s values of the settings ``same`` (``run["settings"]``) and its backbone
+    checkpoint (sha256): rows of different set-ups do not belong in one table."""
+    for i, old in enumerate(runs, 1):
+        differ = [k for k in same if (old.get("settings") or {}).get(k) != run["settings"][k]]
+        if (old.get("checkpoint") or {}).get("sha256") != (run.get("checkpoint") or {}).get("sha256"):
+            differ.append("backbone checkpoint (sha256)")
+        if differ:
+            raise SystemExit(f"--append: run {i} in {path} differs in {', '.join(differ)}; "
+                             "rows of different set-ups do not belong in one table")
+
+
 def merge_rows(old: Iterable[dict], new: Iterable[dict], key: Callable[[dict], tuple]) -> List[dict]:
     """Old rows in their order with the ones a new row re-makes replaced, then the other new rows."""
     new = list(new)

@@ -224,13 +224,7 @@ def main(argv=None) -> None:
                                               "meta_steps", "meta_batch", "inner_steps", "inner_lr", "meta_lr",
                                               "temperature", "seed")}
     run = _results.provenance(__file__, argv, args.backbone_from, outputs=[out], settings=settings)
-    for i, old in enumerate(runs, 1):
-        differ = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
-        if (old["checkpoint"] or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):
-            differ.append("backbone checkpoint (sha256)")
-        if differ:
-            sys.exit(f"--append: run {i} in {out / 'results.json'} differs in {', '.join(differ)}; "
-                     "rows of different set-ups do not belong in one table")
+    _results.check_append(out / "results.json", runs, run, SAME_FOR_APPEND)
     runs = [*runs, run]
     splits = load_splits(args.dataset, args.data_root, None)
     ways = [int(w) for w in args.ways.split(",")]

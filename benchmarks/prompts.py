@@ -253,13 +253,7 @@ def main(argv=None) -> None:
                                               "meta_way", "lr", "adapt_steps", "adapt_lr", "blocks", "temperature",
                                               "seed", "amortised_whole_bank")}
     run = _results.provenance(__file__, argv, ckpt, outputs=[out], settings=settings)
-    for i, old in enumerate(runs, 1):
-        same = [k for k in SAME_FOR_APPEND if old["settings"][k] != settings[k]]
-        if (old["checkpoint"] or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):
-            same.append("backbone checkpoint (sha256)")
-        if same:
-            sys.exit(f"--append: run {i} in {out / 'results.json'} differs in {', '.join(same)}; "
-                     "rows of different set-ups do not belong in one table")
+    _results.check_append(out / "results.json", runs, run, SAME_FOR_APPEND)
     runs = [*runs, run]
     splits = load_splits(args.dataset, args.data_root, None)
     tracker_args = (not args.no_track, None, args.experiment)

@@ -154,13 +154,7 @@ def main(argv=None) -> None:
     runs, old_rows = _results.load_previous(out / "transfer.json", args.append)
     settings = {k: getattr(args, k) for k in SCHEDULE}
     run = _results.provenance(__file__, argv, args.backbone_from, outputs=[out], settings=settings)
-    for i, old in enumerate(runs, 1):
-        differ = [k for k in SCHEDULE if old["settings"].get(k) != settings[k]]
-        if (old.get("checkpoint") or {}).get("sha256") != (run["checkpoint"] or {}).get("sha256"):
-            differ.append("backbone checkpoint (sha256)")
-        if differ:
-            sys.exit(f"--append: run {i} in {out / 'transfer.json'} differs in {', '.join(differ)}; "
-                     "rows of different set-ups do not belong in one table")
+    _results.check_append(out / "transfer.json", runs, run, SCHEDULE)
     runs = [*runs, run]
     dim = models.create_backbone(args.backbone).num_features
     rows = []

@@ -113,3 +113,18 @@ def test_load_previous_refuses_what_it_cannot_append_to(tmp_path):
         _results.load_previous(path, append=True)
     _results.write_json(path, [{"command": "c"}], [{"method": "none"}])
     assert _results.load_previous(path, append=True) == ([{"command": "c"}], [{"method": "none"}])
+
+
+def test_check_append_names_the_run_and_every_setting_that_differs(tmp_path):
+    path = tmp_path / "results.json"
+    first = {"settings": {"dataset": "glyphs", "seed": 0, "lr": 0.1}, "checkpoint": {"sha256": "aa"}}
+    again = {"settings": {"dataset": "glyphs", "seed": 0, "lr": 0.5}, "checkpoint": {"sha256": "aa"}}
+    _results.check_append(path, [first], again, ("dataset", "seed"))  # lr is not a shared setting
+    other = {"settings": {"dataset": "digits", "seed": 1, "lr": 0.1}, "checkpoint": {"sha256": "bb"}}
+    with pytest.raises(SystemExit, match=re.escape(f"--append: run 2 in {path} differs in dataset, seed, backbone "
+                                                   "checkpoint (sha256); rows of different set-ups")):
+        _results.check_append(path, [dict(other, command="an earlier run of the same set-up"), first], other,
+                              ("dataset", "seed"))
+    older = {"settings": {"dataset": "glyphs"}, "checkpoint": {"sha256": "aa"}}  # predates the setting
+    with pytest.raises(SystemExit, match="run 1 .* differs in seed;"):
+        _results.check_append(path, [older], again, ("dataset", "seed"))
