@@ -10,8 +10,8 @@ block that quotes a figure quotes one without a source.
 Figures. Decimals (``90.23``), integers with thousands separators (``2,938``), scientific notation
 (``7e-16``), figures with a unit (``596 MiB``, ``45 s``, ``12x``, ``32%``), signed figures (``+3``)
 and counts (``200 of 200``). Settings are not figures: plain integers (``2000 episodes``), labels
-(``5-way``, ``vig_small_28``, ``Conv-4``), dates, versions, commits, learning rates, "95% CI" and code
-spans. A README figure equals a file figure when both have the same sign (in prose, a ``+`` or no
+(``5-way``, ``vig_small_28``, ``Conv-4``), dates, versions, commits, learning rates, "95% CI" (or
+"95 % confidence") and code spans. A README figure equals a file figure when both have the same sign (in prose, a ``+`` or no
 sign for a positive one), the file states it at least as precisely, its value rounded to the
 README's precision reads the same (a README's 1.9 matches a file's 1.89, not 1.8 nor -1.89) and a
 unit on both sides (a file's cell takes its column's: ``peak MiB``) is the same.
@@ -47,7 +47,7 @@ NOT_FIGURES = re.compile("|".join([
     r"\b\d+\.\d+\.\d+\b",                                            # versions
     r"(?i:\b(?:python|torch|torchvision|timm|easyfsl|learn2learn|scipy|numpy|mlflow|cu)\s*\d+(?:\.\d+)+\+?(?![\w%]))",
     r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b",              # commits, bank ids
-    r"\b9[059] ?% CI\b", r"\blr\s+[\d.e-]+",                            # settings
+    r"\b9[059] ?% (?:CI|confidence)\b", r"\blr\s+[\d.e-]+",            # settings
 ]))
 NUMBER = re.compile(r"(?P<sign>[+-])?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)(?P<exp>e[+-]?\d+)?"
                     r"(?P<unit>\s?%|x|M|k|\s?(?:ms|s|min|minutes|h|hours|KiB|MiB|GiB|MB|GB)(?![\w]))?")
@@ -574,7 +574,7 @@ def test_the_check_catches_a_figure_out_of_place(results, readme, problem):
 
 def test_settings_dates_commits_and_code_are_not_figures():
     text = ("On 2026-11-29 at 09:55, commit 8390ce4, torch 2.14.1, torch 2.14, Python 3.11+, `--episodes 2000`, "
-            "5-way 20-way vig_small_28, 600 episodes, VTAB-1k, Conv-4")
+            "5-way 20-way vig_small_28, 600 episodes, VTAB-1k, Conv-4, +- the 95 % confidence interval, 95% CI")
     assert [f for f in numbers(text) if f.checked] == []
     assert [str(f) for f in numbers("+0.40 +- 0.19, 2,938 s, 596 MiB, 3.6e-5, 12x, 32%, 6.3-6.8, N^1.13, easyfsl 1.01x")] == [
         "+0.40", "0.19", "2,938 s", "596 MiB", "3.6e-5", "12x", "32%", "6.3", "6.8", "1.13", "1.01x"]
