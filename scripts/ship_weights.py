@@ -77,6 +77,7 @@ def export(name: str, run_dir: Path, command: list, commit: str, data_root: str)
     WEIGHTS_DIR.mkdir(exist_ok=True)
     path = WEIGHTS_DIR / f"{name}.safetensors"
     save_file(backbone, str(path), metadata={"name": name, "commit": commit})
+    path.chmod(0o644)  # safetensors writes 0600; the file is package data
     from episodes import dataset_info
 
     info = dataset_info(config["dataset"])
