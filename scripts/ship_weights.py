@@ -7,7 +7,9 @@ For each recipe (RECIPES below): ``fewshot train ... --run-dir <runs-dir>/<name>
 run has finished (its result.json exists), then the backbone of the run's best.pt goes to
 ``models/weights/<name>.safetensors`` and ``<name>.json`` records the training command, the commit it ran
 at, the sha256, the run's own test result and the accuracy on a 200-episode check bank
-(``tests/models/test_shipped_weights.py`` reproduces it). Nothing else writes those files.
+(``tests/models/test_shipped_weights.py`` reproduces it). Nothing else writes those files. A run folder may
+hold ``COMMIT`` (the commit it was trained at) and ``COMMAND`` (the command that trained it, when another one
+did, e.g. ``benchmarks/default_run.py`` for the glyphs default).
 """
 from __future__ import annotations
 
@@ -133,7 +135,10 @@ def main(argv=None) -> None:
                 continue
             exe = Path(sys.executable).parent / "fewshot"
             subprocess.run([str(exe), *command[1:], "--resume"], cwd=ROOT, check=True)
+        # a run trained by another command (e.g. benchmarks/default_run.py) says so in COMMIT / COMMAND files
         trained_at = (run_dir / "COMMIT").read_text().strip() if (run_dir / "COMMIT").exists() else commit
+        if (run_dir / "COMMAND").exists():
+            command = shlex.split((run_dir / "COMMAND").read_text().strip())
         record = export(name, run_dir, command, trained_at, args.data_root)
         print(f"{name}: {record['bytes']} bytes, sha256 {record['sha256'][:16]}, test "
               f"{100 * record['test']['test_acc']:.2f} +- {100 * record['test']['test_ci95']:.2f} % "
