@@ -185,7 +185,14 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     key, kind = EXPERIMENT_KIND
     if exp is None:
-        return client.create_experiment(name, tags={key: kind}, artifact_location=default_artifact_root(tracking_uri))
+        try:
+            return client.create_experiment(name, tags={key: kind},
+                                            artifact_location=default_artifact_root(tracking_uri))
+        except Exception:  # a tracking server has no file lock: another process may have just made it
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
     if key not in exp.tags:  # made before this tag was set (or by hand): mark it, never overwrite a choice
         client.set_experiment_tag(exp.experiment_id, key, kind)
     return exp.experiment_id

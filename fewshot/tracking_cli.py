@@ -25,7 +25,7 @@ def sync_cmd(folders, tracking_uri):
     """
     from .tracking import pending_files, sync_pending
 
-    files = [p for folder in folders for p in pending_files(folder)]
+    files = list({p.resolve(): p for folder in folders for p in pending_files(folder)}.values())  # each once
     if not files:
         click.echo(f"nothing pending in {', '.join(folders)}")
         return

@@ -115,3 +115,26 @@ def test_fewshot_ui_stopped_by_sigterm_leaves_no_process_behind(tmp_path):
         ui.kill()
         for p in _descendants(ui.pid) - {ui.pid}:
             os.kill(p, signal.SIGKILL)
+
+
+def test_serve_opens_the_address_once_the_server_answers_and_sigterm_stops_it(monkeypatch):
+    import webbrowser
+
+    from fewshot.ui_server import serve
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    opened = []
+
+    def browser(url):  # the server must answer by now; then the user's service manager stops fewshot ui
+        opened.append((url, urllib.request.urlopen(base + "/", timeout=5).status))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(webbrowser, "open", browser)
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert serve(cmd, ready_url=base + "/", open_url=base + "/#/experiments/1/runs", grace_s=2.0) == 0
+    assert opened == [(base + "/#/experiments/1/runs", 200)]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base + "/", timeout=2)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # handlers given back
