@@ -72,7 +72,7 @@ def test_notebook_runs_without_errors(path, kernel_manager_factory, monkeypatch,
     from nbclient.exceptions import CellExecutionError
 
     monkeypatch.delenv("MPLBACKEND", raising=False)    # the kernel's inline backend renders figures headless
-    monkeypatch.delenv("FEWSHOT_RUN_DIR", raising=False)  # matchers.ipynb trains its own tiny run
+    monkeypatch.delenv("FEWSHOT_RUN_DIR", raising=False)  # matchers.ipynb loads the shipped glyphs weights
     monkeypatch.setenv("FEWSHOT_OMNIGLOT", str(shared_data / "omniglot"))  # predict.ipynb reads a zip from there
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     nb = nbformat.read(path, as_version=4)
