@@ -2,7 +2,8 @@
 
 For every image size S (``--sizes``, default 28, 56, 84) two backbones are built the way
 ``fewshot train --backbone NAME --img-size S`` builds them (``fewshot.model.build_model`` calls
-``models.create_backbone(NAME, img_size=S, in_chans=C)``):
+``models.create_backbone(NAME, img_size=S, in_chans=C)`` and puts it in the backbone's preferred
+``memory_format``, channels-last for both):
 
 * ``vig_small_28``: D 96, 4 blocks with k = 9, 12, 15, 18 neighbours; its stem has stride 4, so
   the graph has N = ceil(S/4)^2 nodes (49, 196, 441), every one of which is ranked against every
@@ -80,6 +81,8 @@ class Case:
     def __init__(self, name: str, size: int, seed: int = 0):
         torch.manual_seed(seed)
         backbone = create_backbone(name, img_size=size, in_chans=IN_CHANS)
+        if getattr(backbone, "memory_format", None) is not None:  # as fewshot.model.build_model does for training
+            backbone = backbone.to(memory_format=backbone.memory_format)
         self.name, self.size = name, size
         self.model = EpisodicModel(backbone, PrototypeMatcher())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)

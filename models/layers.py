@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NodeConv", "NodeBatchNorm", "ContiguousGrad", "check_node_mask", "masked_mean", "ink_node_mask"]
+__all__ = ["NodeConv", "NodeBatchNorm", "ContiguousGrad", "neighbour_max", "check_node_mask", "masked_mean",
+           "ink_node_mask"]
 
 
 class ContiguousGrad(torch.autograd.Function):
@@ -37,6 +38,49 @@ class ContiguousGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad.contiguous()
+
+
+class _NeighbourMax(torch.autograd.Function):
+    """``out[b, i] = max over j of keys[b, neighbours[b, i, j]]`` (per feature), one neighbour slot at a time.
+
+    Forward gathers one ``[B*N, D]`` slice per slot and keeps a running maximum and the slot it came
+    from (the first of equal values, as ``torch.max``); backward adds each output gradient to the one
+    key it came from by a single ``scatter_add_``. Advanced indexing plus ``max(dim)`` instead builds
+    ``[B, N, k, D]`` in the forward and zero-fills and scatters a tensor of that size in the
+    backward (the two against each other: ``benchmarks/results/vig_step_profile.md``).
+    """
+
+    @staticmethod
+    def forward(ctx, keys: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+        b, m, d = keys.shape
+        n, k = neighbours.shape[1:]
+        rows = (neighbours + (torch.arange(b, device=keys.device) * m)[:, None, None]).reshape(b * n, k).t().contiguous()
+        table = keys.reshape(b * m, d)
+        best = table.index_select(0, rows[0])  # [B*N, D]
+        slot = torch.zeros(b * n, d, dtype=torch.uint8 if k <= 256 else torch.long, device=keys.device)
+        value, above = torch.empty_like(best), torch.empty(best.shape, dtype=torch.bool, device=keys.device)
+        for j in range(1, k):
+            torch.index_select(table, 0, rows[j], out=value)
+            torch.gt(value, best, out=above)
+            torch.maximum(best, value, out=best)
+            slot.masked_fill_(above, j)
+        ctx.save_for_backward(rows, slot)
+        ctx.keys_shape = keys.shape
+        return best.view(b, n, d)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, slot = ctx.saved_tensors
+        b, m, d = ctx.keys_shape
+        source = rows.t().gather(1, slot.long())  # [B*N, D]: the key row each output value came from
+        grad_keys = grad.new_zeros(b * m, d).scatter_add_(0, source, grad.reshape(-1, d))
+        return grad_keys.view(b, m, d), None
+
+
+def neighbour_max(keys: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Feature-wise maximum over each node's neighbours: ``keys [B, M, D]``, ``neighbours [B, N, k]``
+    (indices into M) -> ``[B, N, D]``; differentiable in ``keys`` (twice, for second-order methods)."""
+    return _NeighbourMax.apply(keys, neighbours)
 
 
 class NodeConv(nn.Conv2d):

@@ -38,11 +38,11 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .shipped import build_shipped, is_shipped_tag, shipped_cfgs
 
-from .layers import NodeBatchNorm, NodeConv, check_node_mask, masked_mean
+from .layers import NodeBatchNorm, NodeConv, check_node_mask, masked_mean, neighbour_max
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "MaxRelativeGraphConv", "Stem",
-    "knn_graph", "effective_knn", "BlockHook", "GraphHook", "GraphClassifierMixin",
+    "knn_graph", "effective_knn", "max_relative", "BlockHook", "GraphHook", "GraphClassifierMixin",
 ]
 
 BlockHook = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, Optional[torch.Tensor]]]
@@ -143,13 +143,20 @@ class MaxRelativeGraphConv(nn.Module):
     def forward(self, x: torch.Tensor, neighbours: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: ``[B, N, D]``, neighbours: ``[B, N, k]`` indices into ``keys: [B, M, D]`` (default: x itself)
         -> ``[B, N, out_dim]``."""
-        keys = x if keys is None else keys
-        batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
-        # max_j (x_j - x_i) = max_j x_j - x_i, bit for bit (rounding x_j - x_i is monotone in x_j); max() with
-        # indices backpropagates by one scatter, where amax()'s backward builds tie masks (2x the step's time)
-        relative = keys[batch, neighbours].max(dim=2).values - x  # [B, N, D]
-        x = torch.stack([x, relative], dim=-1).flatten(2)  # [B, N, 2D], interleaved
+        x = torch.stack([x, max_relative(x, neighbours, keys)], dim=-1).flatten(2)  # [B, N, 2D], interleaved
         return self.act(self.norm(self.conv(x)))
+
+
+def max_relative(x: torch.Tensor, neighbours: torch.Tensor, keys: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``max_{j in N(i)} (keys_j - x_i)`` for every node i.
+
+    Args:
+        x: ``[B, N, D]``; neighbours: ``[B, N, k]`` indices into ``keys: [B, M, D]`` (default: x itself).
+    Returns:
+        ``[B, N, D]``.
+    """
+    # max_j (x_j - x_i) = max_j x_j - x_i, bit for bit (rounding x_j - x_i is monotone in x_j)
+    return neighbour_max(x if keys is None else keys, neighbours) - x
 
 
 class Grapher(nn.Module):
@@ -430,6 +437,13 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
     """
 
     num_prefix_tokens = 0
+    memory_format = torch.channels_last
+    """Preferred layout of the convolution weights: the stem's convolutions, BatchNorms and pools run
+    channels-last (oneDNN's fast path on CPU; the stem's training step against the contiguous layout is
+    in ``benchmarks/results/vig_step_profile.md``), and its ``[B, D, h, w]`` output then flattens into
+    the blocks' ``[B, N, D]`` without a copy. The node layers' 1x1 weights are the same memory either
+    way. ``fewshot.model.build_model`` applies it, as for Conv-4; logits equal to float rounding
+    (``tests/models/test_vig_channels_last.py``)."""
 
     def __init__(
             self,
