@@ -32,7 +32,7 @@ METHODS = {"method": [], "conv4": ["--backbone", "conv4"]}
 def _train(name: str, seed: int, threads: int, runs_dir: Path) -> dict:
     run_dir = runs_dir / f"seed{seed}" / name
     timing = run_dir / "timing.json"
-    if (run_dir / "result.json").exists() and timing.exists():
+    if (run_dir / "result.json").exists() and timing.exists():  # trained before: reused, with its own commit
         return {**json.loads((run_dir / "result.json").read_text()), **json.loads(timing.read_text())}
     exe = Path(sys.executable).parent / "fewshot"
     cmd = [str(exe), "train", "--way", "5", "--shot", "1", *METHODS[name], "--seed", str(seed), "--threads",
@@ -47,7 +47,14 @@ def _train(name: str, seed: int, threads: int, runs_dir: Path) -> dict:
     t = {"wall_s": round(wall, 1), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
          "max_rss_mib": round(after.ru_maxrss / 1024), "load_before": round(os.getloadavg()[0], 2)}
     timing.write_text(json.dumps(t))
+    (run_dir / "COMMIT").write_text(_results.commit() + "\n")
     return {**json.loads(out.stdout.strip().splitlines()[-1]), **t}
+
+
+def _trained_at(run_dir: Path) -> str:
+    """The commit a run folder was trained at (its COMMIT file), which a reused run keeps."""
+    path = Path(run_dir) / "COMMIT"
+    return path.read_text().strip() if path.exists() else "unknown"
 
 
 def _accs(run_dir: str) -> list:
@@ -72,7 +79,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"seed {seed}: the two runs were scored on different banks")
         rows.append({"seed": seed, **{f"{k}_{n}": res[n][k] for n in METHODS
                                       for k in ("test_acc", "test_ci95", "wall_s", "cpu_s", "max_rss_mib", "backbone",
-                                                "best_val_acc", "run_dir")},
+                                                "best_val_acc")},
+                     **{f"run_dir_{n}": _results.shown_path(ROOT / res[n]["run_dir"]) for n in METHODS},
+                     **{f"trained_at_{n}": _trained_at(ROOT / res[n]["run_dir"]) for n in METHODS},
                      "bank": a["test_bank_id"], "episodes": a["test_episodes"],
                      "paired": _results.paired(_accs(a["run_dir"]), _accs(b["run_dir"]))})
     lines = _results.markdown_header("The default run: the method against the Conv-4 ProtoNet", [run])
@@ -83,14 +92,14 @@ def main(argv=None) -> None:
               "(5-way 1-shot, 15 queries per class). Wall time: the whole command, start to test result, one after the "
               "other on the same threads.", "",
               "| seed | bank | method (vig_small_c4_28 + DN4) | Conv-4 ProtoNet | difference (method - Conv-4) "
-              "| method wall | Conv-4 wall | method peak RSS |", "|---|---|---|---|---|---|---|---|"]
+              "| method wall | Conv-4 wall | method peak RSS | trained at |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["paired"]
         lines.append(f"| {r['seed']} | {r['bank']} | {100 * r['test_acc_method']:.2f} +- {100 * r['test_ci95_method']:.2f} "
                      f"| {100 * r['test_acc_conv4']:.2f} +- {100 * r['test_ci95_conv4']:.2f} "
                      f"| {100 * p['mean_diff']:+.2f} +- {100 * p['diff_ci95']:.2f} (t p={p['t_p']:.2g}, "
                      f"W p={p['wilcoxon_p']:.2g}) | {r['wall_s_method']:.0f} s | {r['wall_s_conv4']:.0f} s "
-                     f"| {r['max_rss_mib_method']} MiB |")
+                     f"| {r['max_rss_mib_method']} MiB | {r['trained_at_method']} / {r['trained_at_conv4']} |")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     _results.write_json(out.with_suffix(".json"), [run], rows)

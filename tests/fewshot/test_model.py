@@ -15,9 +15,19 @@ def test_given_temperature_reaches_the_matcher():
     assert model.matcher.temperature == pytest.approx(0.5)
 
 
-def test_temperature_for_a_matcher_without_one_is_refused():
-    with pytest.raises(ConfigError, match="no option --temperature"):
-        build_model(Config(matcher="knn", temperature=0.5, backbone="test_vig"), 28, 1)
+def test_temperature_for_a_matcher_without_one_is_refused(monkeypatch):
+    """Every shipped matcher takes a temperature now (k-NN's for its training surrogate), so the refusal is
+    checked on a matcher class that has none."""
+    import matchers
+
+    class NoTemperature(matchers.PrototypeMatcher):
+        def __init__(self, metric: str = "euclidean"):
+            super().__init__(metric=metric)
+
+    real_get = matchers.get
+    monkeypatch.setattr(matchers, "get", lambda name: NoTemperature if name == "no_temperature" else real_get(name))
+    with pytest.raises(ConfigError, match="matcher 'no_temperature' has no option --temperature"):
+        build_model(Config(matcher="no_temperature", temperature=0.5, backbone="test_vig"), 28, 1)
 
 
 def test_non_positive_temperature_is_refused():
