@@ -22,7 +22,9 @@ initial state), with Adam at lr 1e-3 and a constant learning rate, on the same n
   queries, cross-entropy, ``backward``, ``step``, ``loss.item()``.
 * ``floor``: the same model's forward + backward + Adam step on one episode pre-stacked and
   pre-converted to float in memory: no sampling, indexing or conversion.
-* ``ours+channels_last``: ``ours`` with the model in ``torch.channels_last`` memory format.
+* ``ours+channels_last``: ``ours`` with the model put in ``torch.channels_last`` memory format; since
+  ``build_model`` applies Conv-4's ``memory_format`` (channels-last) this is the same as ``ours``, and
+  its ratio to ``ours`` shows how far two identical sides differ in one run.
 * ``ours+glibc_defaults``: ``ours`` with glibc's own malloc behaviour (``FEWSHOT_MALLOC=default``
   in its worker): what ``ours`` was before ``fewshot._malloc.tune_malloc``, which ``prepare`` (and
   the CLI) now call at start-up so that allocations of up to 32 MiB are reused from the heap instead
@@ -42,10 +44,12 @@ initial weights, and easyfsl's users do not get our start-up call), ``ours``, ``
 Each side runs in its own worker process (the script re-invokes itself with ``--side``), so its
 peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own; the parent drives the workers in
 rounds, one worker at a time, rotating the order (A,B,C / B,C,A / ...), so machine noise hits all
-sides alike. Episodes/s is the median over rounds; a ratio is the median over rounds of the ratio
-within each round. Each round also records the worker's minor page faults and kernel (system) CPU
-time (``getrusage``): large activations are fresh ``mmap`` pages every step, and zero-filling
-them is kernel time. Results go to ``--out`` (JSON) and a Markdown table is printed.
+sides alike. Rates are episodes per second of the worker's CPU time (user + kernel, ``getrusage``),
+so that other jobs on a shared machine cost wall time but not these figures, while page faults, whose
+zero-filling is kernel time, still count; episodes per wall second and the CPU / wall share are
+recorded beside them. A rate is the median over rounds; a ratio is the median over rounds of the
+ratio within each round. Each round also records the worker's minor page faults and kernel CPU time:
+large activations are fresh ``mmap`` pages every step, and zero-filling them is kernel time. Results go to ``--out`` (JSON) and a Markdown table is printed.
 
 easyfsl is not a dependency: ``bash benchmarks/setup_easyfsl.sh`` installs it into
 ``benchmarks/.easyfsl``, which this script puts on ``sys.path``.
@@ -314,7 +318,8 @@ def worker(args) -> None:
                 side.train(int(cmd[1]))
                 seconds, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
                 send({"seconds": seconds, "minflt": after.ru_minflt - before.ru_minflt,
-                      "sys_s": after.ru_stime - before.ru_stime})
+                      "sys_s": after.ru_stime - before.ru_stime,
+                      "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime})
             except Exception as e:
                 send({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
                 return
@@ -381,7 +386,7 @@ def measure_setting(args, way: int, shot: int, sides: List[str], rounds: int, ep
             w.close()
             continue
         workers[name] = w
-        result["sides"][name] = {**w.info, "rounds_s": [], "rounds_minflt": [], "rounds_sys_s": []}
+        result["sides"][name] = {**w.info, "rounds_s": [], "rounds_cpu_s": [], "rounds_minflt": [], "rounds_sys_s": []}
     live = list(workers)
     for r in range(rounds):
         if not live:
@@ -393,23 +398,27 @@ def measure_setting(args, way: int, shot: int, sides: List[str], rounds: int, ep
                 result["sides"][name]["error"] = out["error"]
                 live.remove(name)
                 continue
-            for key, field in (("rounds_s", "seconds"), ("rounds_minflt", "minflt"), ("rounds_sys_s", "sys_s")):
+            for key, field in (("rounds_s", "seconds"), ("rounds_cpu_s", "cpu_s"), ("rounds_minflt", "minflt"),
+                               ("rounds_sys_s", "sys_s")):
                 result["sides"][name][key].append(out[field])
         print(f"  round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     for name, w in workers.items():
         result["sides"][name].update(w.close())
         rounds_s = result["sides"][name]["rounds_s"]
         if rounds_s:
-            rates = [episodes / seconds for seconds in rounds_s]
             s = result["sides"][name]
+            rates = [episodes / seconds for seconds in s["rounds_cpu_s"]]
+            wall = [episodes / seconds for seconds in rounds_s]
             s.update(eps=statistics.median(rates), eps_min=min(rates), eps_max=max(rates),
+                     eps_wall=statistics.median(wall), eps_wall_min=min(wall), eps_wall_max=max(wall),
+                     cpu_share=statistics.median(c / t for c, t in zip(s["rounds_cpu_s"], rounds_s)),
                      episodes=episodes * len(rounds_s),
                      minflt_per_episode=statistics.median(f / episodes for f in s["rounds_minflt"]),
-                     sys_share=statistics.median(k / t for k, t in zip(s["rounds_sys_s"], rounds_s)))
-    ok = {n: s["rounds_s"] for n, s in result["sides"].items() if s.get("rounds_s") and "error" not in s}
+                     sys_share=statistics.median(k / t for k, t in zip(s["rounds_sys_s"], s["rounds_cpu_s"])))
+    ok = {n: s["rounds_cpu_s"] for n, s in result["sides"].items() if s.get("rounds_s") and "error" not in s}
 
     def ratio(a: str, b: str):
-        """Median over rounds of (episodes/s of a) / (episodes/s of b) = median of (seconds b / seconds a)."""
+        """Median over rounds of (episodes per CPU second of a) / (that of b) = median of (CPU s of b / CPU s of a)."""
         if a in ok and b in ok:
             return statistics.median(tb / ta for ta, tb in zip(ok[a], ok[b]))
         return None
@@ -426,16 +435,17 @@ def measure_setting(args, way: int, shot: int, sides: List[str], rounds: int, ep
 
 def markdown(results: List[dict]) -> str:
     """Two tables: per side (rate, spread, memory) and per setting (the ratios)."""
-    lines = ["| setting | side | episodes/s (median) | min-max over rounds | peak RSS MiB | RSS above import MiB | "
-             "page faults / episode | kernel time share | warm-up s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | side | episodes / CPU s (median) | min-max over rounds | episodes / wall s | CPU / wall | "
+             "peak RSS MiB | RSS above import MiB | page faults / episode | kernel share of CPU | warm-up s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         setting = f"{res['way']}-way {res['shot']}-shot"
         for name, s in res["sides"].items():
             if "eps" not in s:
-                lines.append(f"| {setting} | {name} | failed: {s.get('error', '?')[:80]} | | | | | | |")
+                lines.append(f"| {setting} | {name} | failed: {s.get('error', '?')[:80]} | | | | | | | | |")
                 continue
             lines.append(f"| {setting} | {name} | {s['eps']:.1f} | {s['eps_min']:.1f}-{s['eps_max']:.1f} | "
-                         f"{s['maxrss_mib']:.0f} | {s['maxrss_mib'] - s['import_rss_mib']:.0f} | "
+                         f"{s['eps_wall']:.1f} | {100 * s['cpu_share']:.0f}% | {s['maxrss_mib']:.0f} | {s['maxrss_mib'] - s['import_rss_mib']:.0f} | "
                          f"{s['minflt_per_episode']:,.0f} | {100 * s['sys_share']:.0f}% | {s['warmup_s']:.1f} |")
     fmt = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
     lines += ["", "| setting | ours / easyfsl | ours / floor | channels_last / ours | ours / glibc_defaults | "
