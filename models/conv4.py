@@ -24,9 +24,9 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 from timm.layers import to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from .shipped import build_shipped, is_shipped_tag, shipped_cfgs, shipped_names
+from .shipped import build_own, own_cfg, shipped_cfgs
 
 from .layers import masked_mean
 
@@ -171,29 +171,10 @@ class Conv4(nn.Module):
 
 
 def _create_conv4(variant: str, pretrained: bool = False, **kwargs) -> Conv4:
-    if pretrained and is_shipped_tag(variant, kwargs):  # weights trained by fewshot (models/weights/)
-        return build_shipped(Conv4, variant, None, **kwargs)
-    if pretrained:
-        raise ValueError(
-            f"no pretrained weights exist for {variant!r}; the shipped ones are "
-            f"{', '.join(shipped_names(variant)) or 'none'} (timm.create_model('<name>', pretrained=True))")
-    return build_model_with_cfg(Conv4, variant, pretrained, **kwargs)
+    return build_own(Conv4, variant, pretrained, **kwargs)  # its only weights are the shipped ones (models/weights/)
 
 
-_CFG = {
-    "url": "",
-    "num_classes": 0,
-    "input_size": (1, 28, 28),
-    "pool_size": None,
-    "crop_pct": 1.0,
-    "interpolation": "bilinear",
-    "mean": (0.5,),
-    "std": (0.5,),
-    "first_conv": "blocks.0.conv",
-    "classifier": "head",
-    "license": "mit",
-}
-default_cfgs = generate_default_cfgs({"conv4": _CFG, **shipped_cfgs("conv4", _CFG)})  # + e.g. conv4.omniglot_minimal
+default_cfgs = generate_default_cfgs({"conv4": own_cfg("blocks.0.conv"), **shipped_cfgs("conv4", own_cfg("blocks.0.conv"))})
 
 
 @register_model

@@ -95,3 +95,23 @@ def build_shipped(model_cls, variant: str, filter_fn, **kwargs):
 
     shipped_file(f"{variant}.{kwargs['pretrained_cfg']}")
     return build_model_with_cfg(model_cls, variant, True, pretrained_filter_fn=filter_fn, **kwargs)
+
+
+def build_own(model_cls, variant: str, pretrained: bool = False, **kwargs):
+    """``build_model_with_cfg`` for a family whose only weights are fewshot's own (Conv-4, Conv-64F): a shipped
+    tag loads its file; ``pretrained=True`` without one is refused, naming the shipped tags."""
+    from timm.models import build_model_with_cfg
+
+    if pretrained and is_shipped_tag(variant, kwargs):
+        return build_shipped(model_cls, variant, None, **kwargs)
+    if pretrained:
+        raise ValueError(f"no pretrained weights exist for {variant!r}; the shipped ones are "
+                         f"{', '.join(shipped_names(variant)) or 'none'} (timm.create_model('<name>', pretrained=True))")
+    return build_model_with_cfg(model_cls, variant, False, **kwargs)
+
+
+def own_cfg(first_conv: str, in_chans: int = 1, img_size: int = 28) -> dict:
+    """timm's pretrained config of a small grayscale family trained here: no classifier, inputs scaled to -1..1."""
+    return {"url": "", "num_classes": 0, "input_size": (in_chans, img_size, img_size), "pool_size": None,
+            "crop_pct": 1.0, "interpolation": "bilinear", "mean": (0.5,) * in_chans, "std": (0.5,) * in_chans,
+            "first_conv": first_conv, "classifier": "head", "license": "mit"}
