@@ -21,7 +21,7 @@ def test_smoke_run_writes_a_report_of_paired_differences(tmp_path):
     out = tmp_path / "report.md"
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump({
-        "common": {"way": 5, "shot": 1},
+        "common": {"way": 5, "shot": 1, "backbone": "conv4"},  # a named backbone: prototype matcher, no augmentation
         "steps": [{"name": "conv4", "what": "base"},
                   {"name": "conv4-affine", "vs": "conv4", "what": "+ affine augmentation", "options": {"augment": "affine"}},
                   {"name": "conv4-cosine", "vs": "conv4", "eval_of": "conv4", "what": "cosine at test time",
@@ -60,9 +60,7 @@ def test_smoke_run_writes_a_report_of_paired_differences(tmp_path):
 
 
 def test_the_shipped_plan_is_valid_and_compares_only_known_steps():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import omniglot_minimal
-    plan = omniglot_minimal.load_plan(PLAN)
+    plan = script().load_plan(PLAN)
     names = [s["name"] for s in plan["steps"]]
     assert len(set(names)) == len(names) and len(plan["final"]) == 2
 
@@ -106,7 +104,8 @@ def test_a_paired_difference_is_results_paired_cell_on_one_bank_and_refuses_two_
 
     from fewshot.compare import RunScores
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))  # last: its scripts must not shadow the packages
     spec = importlib.util.spec_from_file_location("omniglot_minimal_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -121,7 +120,10 @@ def test_a_paired_difference_is_results_paired_cell_on_one_bank_and_refuses_two_
 
 
 def script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """benchmarks/omniglot_minimal.py as a module; benchmarks/ goes last on sys.path, so that its scripts
+    (benchmarks/prompts.py, matchers.py) never shadow the packages of the same names."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.append(str(ROOT / "benchmarks"))
     import omniglot_minimal
     return omniglot_minimal
 
@@ -225,3 +227,135 @@ class TestCodeVersion:
         om = script()
         commit, version = om._results.commit(), om.code_version()
         assert version == commit or re.fullmatch(re.escape(commit) + r"\+[0-9a-f]{12}", version)
+
+
+VALIDATION_PLAN = ROOT / "benchmarks" / "configs" / "omniglot-minimal-validation.yaml"
+
+
+def scores(name, accuracies, bank="b0"):
+    import numpy as np
+    from fewshot.compare import RunScores
+    return RunScores(name, np.array(accuracies, dtype=float), bank, 5, 1)
+
+
+class TestSeedStatistics:
+    def test_a_cell_is_the_mean_and_sd_over_seeds_of_the_seed_means(self):
+        om = script()
+        runs = {0: scores("a", [0.9, 0.7]), 1: scores("a", [0.6, 0.6]), 2: scores("a", [1.0, 0.9])}
+        assert om._seed_cell(runs) == "78.33 +- 17.56"  # seed means 80, 60, 95 %
+        one = scores("a", [0.9, 0.7, 0.8])
+        assert om._seed_cell({0: one}) == f"{100 * one.mean:.2f} +- {100 * one.ci95:.2f}"  # one seed: episode CI
+        assert om._seed_cell({}) == "not scored"
+
+    def test_a_difference_pairs_seeds_counts_signs_and_tests_the_seed_means(self):
+        import numpy as np
+        from scipy import stats
+        om = script()
+        a = {0: scores("a", [0.9, 0.7]), 1: scores("a", [0.6, 0.6]), 2: scores("a", [1.0, 0.9])}
+        b = {0: scores("b", [0.7, 0.7]), 1: scores("b", [0.7, 0.6]), 2: scores("b", [0.8, 0.8]), 3: scores("b", [1, 1])}
+        p = stats.ttest_rel([0.8, 0.6, 0.95], [0.7, 0.65, 0.8]).pvalue
+        assert om._seed_diff(a, b) == (f"+6.67 +- {np.std([10, -5, 15], ddof=1):.2f} [+10.00, -5.00, +15.00] "
+                                       f"2/3 seeds +, seed-paired t p={p:.2g}")  # seed 3 has no partner
+        assert om._seed_diff(b, a).startswith("-6.67") and "2/3 seeds -" in om._seed_diff(b, a)
+
+    def test_one_common_seed_falls_back_to_the_paired_test_over_episodes(self):
+        om = script()
+        a, b = {0: scores("a", [0.9, 0.7, 0.8])}, {0: scores("b", [0.8, 0.7, 0.6]), 1: scores("b", [1, 1, 1])}
+        assert om._seed_diff(a, b) == om._diff(a[0], b[0])
+        assert om._seed_diff(a, {1: b[1]}) == "not scored"
+
+    def test_seeds_scored_on_two_banks_are_refused(self):
+        om = script()
+        a = {0: scores("a", [0.9, 0.7]), 1: scores("a", [0.6, 0.6])}
+        b = {0: scores("b", [0.9, 0.7]), 1: scores("b", [0.6, 0.6], bank="other")}
+        with pytest.raises(ValueError, match="seed 1 was scored on b0 and other"):
+            om._seed_diff(a, b)
+
+
+class TestPlans:
+    def test_final_is_one_table_or_several(self):
+        om = script()
+        assert om.final_tables({"final": ["a", "b"]}) == [["a", "b"]]
+        assert om.final_tables({"final": [["a", "b", "c"], ["d", "e"]]}) == [["a", "b", "c"], ["d", "e"]]
+        assert om.final_tables({}) == []
+        with pytest.raises(SystemExit, match="a final table names at least two steps"):
+            om.final_tables({"final": [["a"]]})
+
+    def test_the_validation_plan_selects_on_validation_with_the_opponents_of_issue_27(self):
+        from fewshot.config import Config, merge
+        om = script()
+        plan = om.load_plan(VALIDATION_PLAN)
+        assert plan["select_on"] == "val" and plan["common"]["val_per_alphabet"] == 6
+        steps = {s["name"]: s for s in plan["steps"]}
+        tables = om.final_tables(plan)
+        assert tables[0] == ["vig", "conv64f-dn4", "conv4-proto", "vig-grid", "vig-self"]
+        assert all(steps[n].get("eval_of") and steps[n]["options"] == {"episode_groups": "alphabet"} for n in tables[1])
+        for name, step in steps.items():
+            config = merge(Config(), {**plan["common"], **step.get("options", {})})  # every option is a valid setting
+            if not step.get("eval_of"):  # every trained recipe: the same levers and schedule
+                assert (config.augment, config.pretrain_epochs, config.episodes, config.train_way, config.train_shot) \
+                    == ("affine", 10, 2000, 20, 5), name
+        queries = {name: merge(Config(), {**plan["common"], **s.get("options", {})}).train_query
+                   for name, s in steps.items() if not s.get("eval_of")}
+        assert queries == {"vig": 5, "vig-q15": 15, "vig-grid": 5, "vig-self": 5, "conv4-proto": 15, "conv64f-dn4": 15}
+        assert (steps["conv64f-dn4"]["options"], steps["conv4-proto"]["options"]) == \
+            ({"backbone": "conv64f", "matcher": "dn4"}, {"backbone": "conv4", "matcher": "prototype"})
+
+
+@pytest.mark.slow
+def test_validation_mode_with_seeds_chooses_on_val_banks_and_judges_once_on_test(tmp_path):
+    """--select-on val --seeds 0,1 --smoke: every step table cell comes from validation folders (the val split's
+    bank of --val-bank-seed), the final table from test banks of --final-bank-seed, each per seed."""
+    import statistics
+    import numpy as np
+    from episodes import EpisodeSampler, load_splits
+    om = script()
+    out, runs = tmp_path / "report.md", tmp_path / "runs"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "select_on": "val",
+        "common": {"way": 5, "shot": 1, "backbone": "conv4", "val_per_alphabet": 6},  # smoke drops the Omniglot option
+        "steps": [{"name": "conv4", "what": "base"},
+                  {"name": "conv4-affine", "vs": "conv4", "what": "+ affine", "options": {"augment": "affine"}},
+                  {"name": "conv4-cosine", "vs": "conv4", "eval_of": "conv4", "what": "cosine at test time",
+                   "options": {"metric": "cosine"}}],
+        "final": ["conv4-affine", "conv4"]}))
+    cmd = [sys.executable, str(SCRIPT), "--plan", str(plan), "--runs-dir", str(runs), "--out", str(out),
+           "--settings", "5w1s", "--smoke", "--no-track", "--seeds", "0,1", "--final-eval-episodes", "6"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "**Chose**: validation banks (bank seed 2)" in text and "**Judged**: test banks (bank seed 1)" in text
+    splits = load_splits("glyphs")
+    val_bank = EpisodeSampler(splits.val, 5, 1, 15, seed=2).bank(4).bank_id
+    test_bank = EpisodeSampler(splits.test, 5, 1, 15, seed=1).bank(6).bank_id
+    assert f"5-way 1-shot: validation bank {val_bank} (4 episodes); test bank {test_bank} (6 episodes)" in text
+
+    def val_scores(step, seed):
+        found = runs / step / f"seed{seed}" / f"val-best-{val_bank}"  # with no test-time option: no suffix
+        assert json.loads((found / "result.json").read_text())["split"] == "val"
+        return load_run(str(found))
+
+    def row(prefix):
+        return next(line for line in text.splitlines() if line.startswith(prefix))
+
+    base, affine = ([val_scores(step, k) for k in (0, 1)] for step in ("conv4", "conv4-affine"))
+    means = [100 * r.mean for r in affine]
+    assert f"| {statistics.mean(means):.2f} +- {statistics.stdev(means):.2f} | 2 |" in row("| conv4-affine | + affine")
+    d = [100 * (a.mean - b.mean) for a, b in zip(affine, base)]
+    assert row("| conv4-affine | conv4 |").split(" | ")[2].startswith(f"{statistics.mean(d):+.2f} +- ")
+    assert f"[{d[0]:+.2f}, {d[1]:+.2f}]" in row("| conv4-affine | conv4 |")
+    cosine = [load_run(str(next((runs / "conv4" / f"seed{k}").glob(f"val-best-{val_bank}-*")))) for k in (0, 1)]
+    assert cosine[0].accuracies.size == 4 and row("| conv4-cosine | cosine").count("+-") == 1
+    # the final table: test banks, one eval folder per step and seed, paired by seed
+    final = [[load_run(str(next((runs / step / f"seed{k}").glob(f"eval-best-{test_bank}*")))) for k in (0, 1)]
+             for step in ("conv4-affine", "conv4")]
+    p = paired_test(np.array([r.mean for r in final[0]]), np.array([r.mean for r in final[1]]))
+    line = row("| 5w1s | conv4 |")
+    assert f"seed-paired t p={p['t_p']:.2g}" in line
+    assert f"{statistics.mean([100 * r.mean for r in final[0]]):.2f} +- " in line
+    # nothing from a test bank reached the step tables, and every evaluation is in the cache
+    steps_part = text[text.index("## Every step"):text.index("## Final")]
+    assert test_bank not in steps_part
+    assert "fewshot train" in text and "--seed 1" in text
+    assert len(json.loads((runs / "eval_cache.json").read_text())) == 2 * (2 + 1) + 2 * 2  # val: 3 steps, test: 2
