@@ -4,8 +4,9 @@
 ``vig_s_224_gelu``, ``vig_b_224_gelu``, the small-image ``vig_small_28`` / ``vig_small_ln_28`` /
 ``vig_small_c4_28`` / ``vig_small_84`` and
 the tiny ``test_vig``), the pyramid ViG (``pvig_ti/s/m/b_224_gelu``, ``pvig_small_28`` /
-``pvig_small_84``, ``test_pvig``) and the ``conv4`` and ``conv64f`` (DN4's Conv-64F) baselines, so
-``timm.create_model(name)`` builds them.
+``pvig_small_84``, ``test_pvig``), the graph controls of ``vig_small_c4_28`` at equal parameters
+(``vig_small_c4_grid_28``, ``vig_small_c4_self_28``) and the ``conv4`` and ``conv64f`` (DN4's Conv-64F)
+baselines, so ``timm.create_model(name)`` builds them.
 
 Every backbone has the same contract: ``forward_features(images) -> nodes [B, N, D]``,
 ``forward_head(nodes, pre_logits=True, node_mask=None) -> embedding [B, D]``. ViG also takes a
@@ -30,16 +31,18 @@ from torch import nn
 
 from .conv4 import Conv4
 from .conv64f import Conv64F
+from .graph_controls import FixedGraphVisionGNN
 from .layers import check_node_mask, ink_node_mask, masked_mean
 from .pvig import PyramidVisionGNN
 from .vig import BlockHook, FFN, Grapher, VisionGNN, ViGBlock, knn_graph
 
 __all__ = [
     "VisionGNN", "ViGBlock", "Grapher", "FFN", "BlockHook", "knn_graph", "PyramidVisionGNN",
-    "Conv4", "Conv64F", "check_node_mask", "ink_node_mask", "masked_mean", "create_backbone", "list_backbones",
+    "FixedGraphVisionGNN", "Conv4", "Conv64F", "check_node_mask", "ink_node_mask", "masked_mean", "create_backbone",
+    "list_backbones",
 ]
 
-_MODULES = ("vig", "pvig", "conv4", "conv64f")
+_MODULES = ("vig", "pvig", "conv4", "conv64f", "graph_controls")
 
 
 def list_backbones() -> List[str]:

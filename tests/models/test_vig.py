@@ -8,7 +8,7 @@ import models
 from models.vig import VisionGNN, effective_knn
 
 FEWSHOT_BACKBONES = {"vig_ti_224_gelu", "vig_s_224_gelu", "vig_b_224_gelu",
-                     "vig_small_28", "vig_small_ln_28", "vig_small_c4_28", "vig_small_c4_nograph_28", "vig_small_84", "test_vig", "conv4", "conv64f",
+                     "vig_small_28", "vig_small_ln_28", "vig_small_c4_28", "vig_small_c4_nograph_28", "vig_small_84", "test_vig", "conv4", "conv64f", "vig_small_c4_grid_28", "vig_small_c4_self_28",
                      "pvig_ti_224_gelu", "pvig_s_224_gelu", "pvig_m_224_gelu", "pvig_b_224_gelu",
                      "pvig_small_28", "pvig_small_84", "test_pvig"}
 # Small enough to run forward and backward in the fast suite, with an input size each accepts.
