@@ -59,11 +59,18 @@ class _NeighbourMax(torch.autograd.Function):
         best = table.index_select(0, rows[0])  # [B*N, D]
         slot = torch.zeros(b * n, d, dtype=torch.uint8 if k <= 256 else torch.long, device=keys.device)
         value, above = torch.empty_like(best), torch.empty(best.shape, dtype=torch.bool, device=keys.device)
+        marked = torch.empty_like(slot)
         for j in range(1, k):
             torch.index_select(table, 0, rows[j], out=value)
             torch.gt(value, best, out=above)
             torch.maximum(best, value, out=best)
-            slot.masked_fill_(above, j)
+            # the slot of the running maximum is the last j whose value was strictly above it: max over j of
+            # j * above (masked_fill_ does the same at about 100x the time)
+            if slot.dtype == torch.uint8:
+                torch.mul(above.view(torch.uint8), j, out=marked)
+            else:
+                marked.copy_(above).mul_(j)
+            torch.maximum(slot, marked, out=slot)
         ctx.save_for_backward(rows, slot)
         ctx.keys_shape = keys.shape
         return best.view(b, n, d)
