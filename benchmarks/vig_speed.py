@@ -2,7 +2,8 @@
 
 For each model the authors' implementation (``--official-dir``: the ``vig_pytorch`` folder of
 huawei-noah/Efficient-AI-Backbones, never part of this repository) is built with random weights,
-the same weights are loaded into ours through ``checkpoint_filter_fn``, and the two are checked to
+the same weights are loaded into ours through ``checkpoint_filter_fn`` (ours then put in its
+``memory_format``, as ``fewshot.model.build_model`` does for training), and the two are checked to
 give the same logits (eval mode, float32, ``--check-tol`` relative) before anything is timed. Then:
 
 * **step s**: one training step, forward + ``logits.square().mean()`` + backward, train mode, on a
@@ -81,7 +82,7 @@ def build_pair(name: str, official_dir: str, device: str):
 
     torch.manual_seed(0)
     if name not in OFFICIAL:
-        return None, timm.create_model(name).to(device)
+        return None, _as_trained(timm.create_model(name)).to(device)
     vig, pyramid_vig = load_official(official_dir)
     module = pyramid_vig if name.startswith("pvig") else vig
     with contextlib.redirect_stdout(io.StringIO()):  # their constructors print
@@ -92,7 +93,14 @@ def build_pair(name: str, official_dir: str, device: str):
         ours = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     finally:
         path.unlink()
-    return theirs.to(device), ours.to(device)
+    return theirs.to(device), _as_trained(ours).to(device)
+
+
+def _as_trained(model):
+    """Ours in its preferred ``memory_format`` (the ViG's stem channels-last), as ``fewshot.model.build_model``
+    puts it for training; the pyramid ViG has none and stays as built."""
+    fmt = getattr(model, "memory_format", None)
+    return model if fmt is None else model.to(memory_format=fmt)
 
 
 def check_same(theirs, ours, device, tol):
@@ -188,7 +196,7 @@ def memory_child(name, which, batch, official_dir):
 
         import models  # noqa: F401
 
-        model = timm.create_model(name)
+        model = _as_trained(timm.create_model(name))
     x = torch.randn(batch, model_in_chans(name), *model_size(name))
     before = _rss_mib()
     with open("/proc/self/clear_refs", "w") as f:
