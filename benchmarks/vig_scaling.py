@@ -16,8 +16,11 @@ Each is wrapped as ``EpisodicModel(backbone, PrototypeMatcher())`` and measured 
 values; ``to_input`` converts them inside the model as in training):
 
 * train s/episode: forward + cross-entropy + backward + Adam step (lr 1e-3) of one 5-way 1-shot
-  15-query episode (80 images), median of ``--episodes`` timed episodes after one warm-up; the
-  configurations are interleaved (one episode of each in turn) so machine noise hits all alike;
+  15-query episode (80 images), thread CPU seconds (other jobs on a shared machine cost wall time,
+  not these figures), median of ``--episodes`` timed episodes after one warm-up; the
+  configurations are interleaved (one episode of each in turn) so machine noise hits all alike, and
+  the ViG / Conv-4 ratio at each size is the median of the per-round ratios. glibc's malloc is set
+  as ``fewshot train`` sets it (``fewshot._malloc.tune_malloc``);
 * k-NN s/episode: the forward k-NN graph construction alone (``models.knn_graph`` for each
   block's k on ``[80, N, 96]`` features), the part that is O(N^2);
 * eval s/image: ``model.embed`` of a batch of ``--eval-batch`` images in eval mode under
@@ -60,6 +63,7 @@ sys.path.insert(1, str(ROOT / "benchmarks"))
 
 import _results  # noqa: E402
 
+from fewshot._malloc import tune_malloc  # noqa: E402
 from fewshot.model import EpisodicModel, count_parameters  # noqa: E402
 from fewshot.plots import _save  # noqa: E402
 from matchers import PrototypeMatcher  # noqa: E402
@@ -99,31 +103,31 @@ class Case:
         self.eval_s: List[float] = []
 
     def train_episode(self) -> float:
-        """Seconds of one training step on the episode."""
+        """Thread CPU seconds of one training step on the episode."""
         self.model.train()
-        t = time.perf_counter()
+        t = time.thread_time()
         loss = F.cross_entropy(self.model(self.support, self.support_labels, self.query), self.query_labels)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return time.perf_counter() - t
+        return time.thread_time() - t
 
     def knn_episode(self) -> float:
         """Seconds of the forward k-NN graph construction of one episode (every block), ViG only."""
         feats = torch.randn(WAY * (SHOT + QUERY), self.nodes, self.model.backbone.embed_dim)
-        t = time.perf_counter()
+        t = time.thread_time()
         for k in self.knn:
             knn_graph(feats, k)
-        return time.perf_counter() - t
+        return time.thread_time() - t
 
     def eval_batch(self, batch: int) -> float:
         """Seconds per image of embedding ``batch`` images in eval mode."""
         images = self.query.repeat((batch + self.query.shape[0] - 1) // self.query.shape[0], 1, 1, 1)[:batch]
         self.model.eval()
         with torch.inference_mode():
-            t = time.perf_counter()
+            t = time.thread_time()
             self.model.embed(images)
-            return (time.perf_counter() - t) / batch
+            return (time.thread_time() - t) / batch
 
 
 def slope(xs: List[float], ys: List[float]) -> float:
@@ -177,6 +181,17 @@ def summarise(rows: List[dict]) -> Dict[str, dict]:
     return out
 
 
+def train_ratios(rows: List[dict]) -> Dict[int, dict]:
+    """Per image size: ViG's training step over Conv-4's, round by round (the two ran in the same round)."""
+    out = {}
+    for vig in (r for r in rows if r["backbone"] == BACKBONES[0]):
+        conv = next((r for r in rows if r["backbone"] == BACKBONES[1] and r["img_size"] == vig["img_size"]), None)
+        if conv is not None:
+            vals = [a / b for a, b in zip(vig["train_s_all"], conv["train_s_all"])]
+            out[vig["img_size"]] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    return out
+
+
 def markdown(rows: List[dict], slopes: Dict[str, dict]) -> str:
     lines = ["| backbone | img size | nodes | k per block | params | train s/episode | x vs smallest | "
              "k-NN graph s/episode (fwd) | eval ms/image | x vs smallest |",
@@ -186,6 +201,11 @@ def markdown(rows: List[dict], slopes: Dict[str, dict]) -> str:
         lines.append(f"| {r['backbone']} | {r['img_size']} | {r['nodes']} | {','.join(map(str, r['knn_per_block'])) or '-'} "
                      f"| {r['params']:,} | {r['train_s_per_episode']:.3f} | {r['train_growth']:.1f}x | {knn} "
                      f"| {1000 * r['eval_s_per_image']:.3f} | {r['eval_growth']:.1f}x |")
+    ratios = train_ratios(rows)
+    if ratios:
+        lines += ["", "| img size | ViG / Conv-4 train step (median of the per-round ratios) | min | max |",
+                  "|---:|---:|---:|---:|"]
+        lines += [f"| {size} | {r['median']:.2f}x | {r['min']:.2f}x | {r['max']:.2f}x |" for size, r in ratios.items()]
     lines += ["", "| backbone | log-log slope vs N: train | eval | k-NN graph |", "|---|---:|---:|---:|"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for name, s in slopes.items():
@@ -256,6 +276,7 @@ def main(argv=None) -> None:
     if min(sizes) < 16 or min(episodes, eval_reps, args.eval_batch, args.threads) < 1:
         ap.error("sizes must be >= 16 (Conv-4 halves the image 4 times); counts must be >= 1")
     torch.set_num_threads(args.threads)
+    tune_malloc()  # as fewshot train runs (training.start_process): no page faults of reused activations
     machine = {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                "load_average_at_start": os.getloadavg()}
     print(f"CPU: {machine['cpu']} ({machine['cpus']} CPUs), torch {torch.__version__}, {args.threads} thread(s), "
@@ -269,6 +290,7 @@ def main(argv=None) -> None:
              f"median of {episodes} episodes")
     png = plot(rows, slopes, out_dir / "vig_scaling.png", title)
     result = {"provenance": provenance, "machine": machine, "episode": {"way": WAY, "shot": SHOT, "query": QUERY, "in_chans": IN_CHANS},
+              "train_ratio_vig_over_conv4": {str(k): v for k, v in train_ratios(rows).items()},
               "episodes": episodes, "eval_reps": eval_reps, "eval_batch": args.eval_batch,
               "load_average_at_end": os.getloadavg(), "rows": rows, "slopes": slopes, "markdown": table}
     (out_dir / "vig_scaling.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -18,7 +18,7 @@ fixed random uint8 episode with an untrained seeded model (the cost does not dep
 
 Every configuration runs in turn within each round (``--rounds``); times are the thread's CPU
 time (medians), so other jobs on a shared machine cost wall time but not these figures; the load
-average is recorded. Writes ``--out`` (Markdown) and the JSON beside it.
+average is recorded. glibc's malloc is set as ``fewshot train`` sets it (``fewshot._malloc``). Writes ``--out`` (Markdown) and the JSON beside it.
 
 Usage:
     python benchmarks/vig_step_profile.py --threads 1
@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import _results  # noqa: E402
+from fewshot._malloc import tune_malloc  # noqa: E402
 from fewshot.model import EpisodicModel, to_input  # noqa: E402
 from matchers import DN4Matcher, PrototypeMatcher  # noqa: E402
 from models import create_backbone, knn_graph  # noqa: E402
@@ -206,6 +207,7 @@ def main(argv=None) -> None:
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="vig_step_profile-")) / "vig_step_profile.md"
                                            if args.smoke else REPO / "benchmarks/results/vig_step_profile.md")
     torch.set_num_threads(args.threads)
+    tune_malloc()  # as fewshot train runs (training.start_process): no page faults of reused activations
     run = _results.provenance(__file__, argv, checkpoint=None, outputs=[out, out.with_suffix(".json")])
     run["threads"] = args.threads
     load_start = os.getloadavg()[0]
