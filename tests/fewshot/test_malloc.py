@@ -37,14 +37,16 @@ def run(mode: str, **env) -> dict:
 def test_tuning_stops_the_page_faults_of_repeated_large_allocations():
     default, tuned = run("default"), run("tune")
     assert tuned["tuned"] is True
-    assert default["faults_per_step"] > 2 * 4096  # most of the 64 MiB mapped and zero-filled again every step
+    # glibc's defaults give part of the freed memory back every step (its dynamic thresholds make how much vary:
+    # 683 to 3,408 faults per step seen on this machine), so the next step faults it in again; tuned, none
+    assert default["faults_per_step"] > 100
     assert tuned["faults_per_step"] < 100
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_fewshot_malloc_default_keeps_glibc_behaviour():
     kept = run("tune", FEWSHOT_MALLOC="default")
-    assert kept["tuned"] is False and kept["faults_per_step"] > 2 * 4096
+    assert kept["tuned"] is False and kept["faults_per_step"] > 100  # glibc's refaulting, as without tuning
 
 
 def test_off_glibc_it_does_nothing(monkeypatch):
