@@ -131,13 +131,24 @@ class TestCli:
     @pytest.mark.slow
     def test_the_authors_pvig_ti_file_runs_a_protonet_tuned_per_episode(self, tmp_path, caplog, monkeypatch):
         """Item 5 of the pyramid issue: their weights, episode images resized to 224 px, the frozen
-        backbone's last stage block tuned on each episode's support set (``--adapt head``): every
-        episode's query scores after the tuning step differ from the frozen backbone's, and the
-        stored backbone is left as it was."""
+        backbone's last stage block tuned on each episode's support set (``--adapt head``): the query
+        scores after the tuning step differ from the frozen backbone's in every episode whose support
+        loss has a gradient, and the stored backbone is left as it was. (These random weights give
+        logits in the hundreds: in some episodes the support loss is exactly 0 in float32, no
+        gradient, and Adam leaves the block as it was; the test checks those stay exactly equal.)"""
+        import fewshot.adaptation as adaptation
         from fewshot.adaptation import Head
 
         torch.save({"state_dict": official_pvig_ti_of_our_init()}, tmp_path / "pvig_ti_78.5.pth.tar")
-        scored, tuned_logits = [], Head.logits
+        scored, tuned_logits, losses, real_tune = [], Head.logits, [], adaptation.tune
+
+        def tune_spy(prompt, backbone, support, labels, update, *rest):
+            def recording(loss):
+                losses.append(float(loss))
+                return update(loss)
+            return real_tune(prompt, backbone, support, labels, recording, *rest)
+
+        monkeypatch.setattr(adaptation, "tune", tune_spy)
 
         def spy(self, model, support_images, support_labels, query_images):
             before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
@@ -160,7 +171,10 @@ class TestCli:
         assert result["trainable_params"] == 0 and result["frozen_params"] == 9_293_424  # PViG-Ti without its classifier
         assert 0 <= result["test_acc"] <= 1 and result["test_episodes"] == 4
         assert len(scored) >= 4  # the 4 test episodes (and the validation ones) went through the tuning
-        assert all(gap > 1e-3 for gap, _ in scored), scored  # the tuning step moved every episode's scores
+        assert len(losses) == len(scored)  # one tuning step per episode
+        moved = [(loss, gap) for loss, (gap, _) in zip(losses, scored)]
+        assert sum(loss > 0 for loss, _ in moved) >= len(moved) // 2, moved  # most episodes have a gradient
+        assert all(gap > 1e-3 if loss > 0 else gap == 0 for loss, gap in moved), moved  # and it moved their scores
         assert all(unchanged for _, unchanged in scored)  # on a copy: the stored backbone is untouched
 
 
