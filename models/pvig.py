@@ -44,7 +44,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .layers import NodeBatchNorm, check_node_mask, masked_mean
 from .vig import (FFN, BlockHook, GraphClassifierMixin, GraphHook, Grapher, LayerType, Stem, _apply_hook,
-                  _resolve_act, effective_knn)
+                  _resolve_act, _small_cfg, check_graph_args, effective_knn)
+from .vig import _cfg as vig_cfg
 
 __all__ = ["PyramidVisionGNN", "PyramidGrapher", "PyramidBlock", "relative_position", "knn_to_keys"]
 
@@ -331,11 +332,7 @@ class PyramidVisionGNN(GraphClassifierMixin, nn.Module):
         Returns:
             nodes ``[B, N, D_last]``; with ``return_mask``, ``(nodes, node_mask)``.
         """
-        x = self.stem(x)
-        pos = self.pos_embed
-        if pos.shape[-2:] != x.shape[-2:]:
-            pos = F.interpolate(pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        x = x + pos
+        x = self._pos_embed(self.stem(x))
         hw = tuple(x.shape[-2:])
         x = x.flatten(2).transpose(1, 2)  # [B, N, D]
         check_node_mask(node_mask, x)
@@ -345,8 +342,6 @@ class PyramidVisionGNN(GraphClassifierMixin, nn.Module):
                 x, node_mask, hw = self._downsample(stage.downsample, x, node_mask, hw)
             for block in stage.blocks:
                 if block_hook is not None:
-                    if node_mask is None:
-                        node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
                     x, node_mask = _apply_hook(block_hook, idx, x, node_mask)
                 x = block(x, hw, node_mask, None if graph_hook is None else functools.partial(graph_hook, idx))
                 idx += 1
@@ -382,8 +377,8 @@ class PyramidVisionGNN(GraphClassifierMixin, nn.Module):
 
 def _check_args(img_size, channels, depths, reduce_ratios, num_knn, stem_stride, num_classes, head_hidden,
                 drop_rate, drop_path_rate, max_dilation) -> None:
-    if any(s < 1 for s in img_size):
-        raise ValueError(f"img_size must be positive, got {img_size}")
+    """Raise a ``ValueError`` naming the first invalid PyramidVisionGNN argument."""
+    check_graph_args(img_size, num_knn, num_classes, head_hidden, max_dilation, drop_rate, drop_path_rate)
     if not (len(channels) == len(depths) == len(reduce_ratios)) or not channels:
         raise ValueError(f"channels, depths and reduce_ratios need one entry per stage, got {len(channels)}, "
                          f"{len(depths)} and {len(reduce_ratios)}")
@@ -394,14 +389,6 @@ def _check_args(img_size, channels, depths, reduce_ratios, num_knn, stem_stride,
         raise ValueError(f"depths and reduce_ratios must be >= 1, got {tuple(depths)} and {tuple(reduce_ratios)}")
     if stem_stride < 2 or stem_stride & (stem_stride - 1) or channels[0] % max(2, stem_stride // 2):
         raise ValueError(f"stem_stride must be a power of two >= 2 dividing 2 * channels[0], got {stem_stride}")
-    for name, value, low in (("num_knn", num_knn, 1), ("num_classes", num_classes, 0), ("head_hidden", head_hidden, 0)):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if max_dilation is not None and max_dilation < 1:
-        raise ValueError(f"max_dilation must be None or >= 1, got {max_dilation}")
-    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
-        if not 0. <= value < 1.:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
 def checkpoint_filter_fn(state_dict: dict, model: PyramidVisionGNN) -> dict:
@@ -456,25 +443,8 @@ _RELEASE = "https://github.com/huawei-noah/Efficient-AI-Backbones/releases/downl
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
-    return {
-        "url": url,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": .9,
-        "interpolation": "bicubic",
-        "mean": (0.5, 0.5, 0.5),  # the authors' default_cfg: inputs scaled to -1..1
-        "std": (0.5, 0.5, 0.5),
-        "first_conv": "stem.convs.0",
-        "classifier": "head.fc",
-        "license": "mit",
-        **kwargs,
-    }
-
-
-def _small_cfg(in_chans: int, img_size: int) -> dict:
-    return _cfg(num_classes=0, input_size=(in_chans, img_size, img_size), crop_pct=1.0, interpolation="bilinear",
-                mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+    """The isotropic ViG's ImageNet config, with the authors' pyramid default_cfg: inputs scaled to -1..1."""
+    return vig_cfg(url=url, **{"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), **kwargs})
 
 
 default_cfgs = generate_default_cfgs({

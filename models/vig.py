@@ -38,6 +38,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .shipped import build_shipped, is_shipped_tag, shipped_cfgs
 
+from .checkpoints import resize_pos_embed
 from .layers import NodeBatchNorm, NodeConv, check_node_mask, masked_mean, neighbour_max
 
 __all__ = [
@@ -369,6 +370,10 @@ class GraphClassifierMixin:
             fc=nn.Linear(self.head_hidden, num_classes),
         ))
 
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[B, D, h, w]`` -> x + position embedding, resized bilinearly when (h, w) differs."""
+        return x + resize_pos_embed(self.pos_embed, x.shape[-2:])
+
     def init_weights(self) -> None:
         """Kaiming-normal convolutions (as the reference code), truncated-normal linears and
         position embedding, zero biases."""
@@ -503,13 +508,6 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
         self.head = self._make_head(num_classes)
         self.init_weights()
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """x: ``[B, D, h, w]`` -> x + position embedding, resized bilinearly when (h, w) differs."""
-        pos = self.pos_embed
-        if pos.shape[-2:] != x.shape[-2:]:
-            pos = F.interpolate(pos, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return x + pos
-
     def forward_features(
             self,
             x: torch.Tensor,
@@ -546,8 +544,6 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
         check_node_mask(node_mask, x)
         for i, block in enumerate(self.blocks):
             if block_hook is not None:
-                if node_mask is None:
-                    node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
                 x, node_mask = _apply_hook(block_hook, i, x, node_mask)
             x = block(x, node_mask, None if graph_hook is None else functools.partial(graph_hook, i))
         x = self.norm(x)
@@ -584,7 +580,10 @@ class VisionGNN(GraphClassifierMixin, nn.Module):
         return self.forward_head(x, node_mask=node_mask)
 
 
-def _apply_hook(block_hook: BlockHook, i: int, x: torch.Tensor, node_mask: torch.Tensor):
+def _apply_hook(block_hook: BlockHook, i: int, x: torch.Tensor, node_mask: Optional[torch.Tensor]):
+    """``block_hook(i, x, node_mask)`` with its output checked; a ``None`` mask is passed as all True."""
+    if node_mask is None:
+        node_mask = x.new_ones(x.shape[:2], dtype=torch.bool)
     out = block_hook(i, x, node_mask)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ValueError(f"block_hook must return (x, node_mask); before block {i} it returned {type(out).__name__}")
@@ -597,18 +596,27 @@ def _apply_hook(block_hook: BlockHook, i: int, x: torch.Tensor, node_mask: torch
     return new_x, new_mask
 
 
-def _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_dilation, stem_stride,
-                drop_rate, drop_path_rate, head_hidden, ffn_ratio) -> None:
-    """Raise a ``ValueError`` naming the first invalid VisionGNN argument."""
+def check_graph_args(img_size, num_knn, num_classes, head_hidden, max_dilation, drop_rate, drop_path_rate) -> None:
+    """The argument checks the isotropic and the pyramid ViG share: a ``ValueError`` naming the first invalid one."""
     if any(s < 1 for s in img_size):
         raise ValueError(f"img_size must be positive, got {img_size}")
-    for name, value, low in (("in_chans", in_chans, 1), ("num_classes", num_classes, 0),
-                             ("embed_dim", embed_dim, 1), ("depth", depth, 0), ("num_knn", num_knn, 1),
-                             ("head_hidden", head_hidden, 0)):
+    for name, value, low in (("num_knn", num_knn, 1), ("num_classes", num_classes, 0), ("head_hidden", head_hidden, 0)):
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
     if max_dilation is not None and max_dilation < 1:
         raise ValueError(f"max_dilation must be None or >= 1, got {max_dilation}")
+    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if not 0. <= value < 1.:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_dilation, stem_stride,
+                drop_rate, drop_path_rate, head_hidden, ffn_ratio) -> None:
+    """Raise a ``ValueError`` naming the first invalid VisionGNN argument."""
+    check_graph_args(img_size, num_knn, num_classes, head_hidden, max_dilation, drop_rate, drop_path_rate)
+    for name, value, low in (("in_chans", in_chans, 1), ("embed_dim", embed_dim, 1), ("depth", depth, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
     if stem_stride < 2 or stem_stride & (stem_stride - 1):
         raise ValueError(f"stem_stride must be a power of two >= 2 (2, 4, 8, 16, ...), got {stem_stride}")
     multiple = max(2, stem_stride // 2)
@@ -616,9 +624,6 @@ def _check_args(img_size, in_chans, num_classes, embed_dim, depth, num_knn, max_
         raise ValueError(
             f"embed_dim must be divisible by {multiple} (the stem halves it {stem_stride.bit_length() - 2} times "
             f"and the graph conv uses 4 groups over 2*embed_dim), got {embed_dim}")
-    for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
-        if not 0. <= value < 1.:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
     if ffn_ratio <= 0 or int(embed_dim * ffn_ratio) < 1:
         raise ValueError(f"ffn_ratio must give at least one hidden feature, got {ffn_ratio} with embed_dim {embed_dim}")
 
