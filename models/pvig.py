@@ -39,7 +39,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import DropPath, to_2tuple
+from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .layers import NodeBatchNorm, check_node_mask, masked_mean

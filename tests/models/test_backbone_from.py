@@ -173,7 +173,7 @@ class TestCli:
         assert len(scored) >= 4  # the 4 test episodes (and the validation ones) went through the tuning
         assert len(losses) == len(scored)  # one tuning step per episode
         moved = [(loss, gap) for loss, (gap, _) in zip(losses, scored)]
-        assert sum(loss > 0 for loss, _ in moved) >= len(moved) // 2, moved  # most episodes have a gradient
+        assert sum(loss > 0 for loss, _ in moved) >= len(moved) // 2, moved  # at least half the episodes have a gradient
         assert all(gap > 1e-3 if loss > 0 else gap == 0 for loss, gap in moved), moved  # and it moved their scores
         assert all(unchanged for _, unchanged in scored)  # on a copy: the stored backbone is untouched
 
