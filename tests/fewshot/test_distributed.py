@@ -2,8 +2,11 @@
 as one process does."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ from click.testing import CliRunner
 from fewshot import distributed
 from fewshot.cli import cli
 
-TINY = ["--dataset", "glyphs", "--backbone", "test_vig", "--way", "3", "--shot", "1", "--query", "2",
+#: digits, not glyphs: every rank loads the data, ~1 s against ~6 s to generate the glyphs
+TINY = ["--dataset", "digits", "--backbone", "test_vig", "--way", "3", "--shot", "1", "--query", "2",
         "--eval-episodes", "11", "--val-episodes", "0", "--checkpoint-every", "2", "--no-progress", "--threads", "1"]
 
 
@@ -36,28 +40,44 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert distributed.gather_in_order(t, 5) is t
 
 
+@contextmanager
+def torchrun(*args):
+    """``torchrun --standalone --nproc_per_node 2 -m fewshot ARGS`` (CPU: gloo), started, not waited for:
+    this process works beside it until it reads its output; stopped if the test fails before that."""
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "fewshot", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.terminate()  # torchrun passes it on to its ranks
+            p.communicate(timeout=60)
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_episode_by_episode(tmp_path):
     run_dir = tmp_path / "run"
     r = CliRunner().invoke(cli, ["train", *TINY, "--episodes", "2", "--run-dir", str(run_dir), "--no-track"])
     assert r.exit_code == 0, r.output
-    args = ["eval", "--run-dir", str(run_dir), "--checkpoint", "last", "--no-track", "--no-progress", "--json"]
-    one = CliRunner().invoke(cli, args)
-    assert one.exit_code == 0, one.output
-    res1 = json.loads(one.stdout.strip().splitlines()[-1])
-    acc_file = os.path.join(res1["eval_dir"], "test_episode_accuracies.txt")
-    single = np.loadtxt(acc_file)
-    os.remove(acc_file)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "fewshot", *args], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
-    lines = [ln for ln in p.stdout.strip().splitlines() if ln.startswith("{")]
-    assert len(lines) == 1  # only rank 0 prints
-    res2 = json.loads(lines[0])
-    assert res2["test_bank_id"] == res1["test_bank_id"] and res2["test_episodes"] == 11
-    np.testing.assert_array_equal(np.loadtxt(acc_file), single)
-    assert res2["test_acc"] == res1["test_acc"]
+    # the two ranks score a copy of the run (their evaluation folder cannot exist before they write it)
+    # while this process scores the original: one process start-up overlaps the other's work
+    shutil.copytree(run_dir, tmp_path / "copy")
+    args = ["eval", "--checkpoint", "last", "--no-track", "--no-progress", "--json"]
+    with torchrun(*args, "--run-dir", str(tmp_path / "copy")) as p:
+        one = CliRunner().invoke(cli, [*args, "--run-dir", str(run_dir)])
+        assert one.exit_code == 0, one.output
+        res1 = json.loads(one.stdout.strip().splitlines()[-1])
+        single = np.loadtxt(os.path.join(res1["eval_dir"], "test_episode_accuracies.txt"))
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr[-3000:]
+        lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
+        assert len(lines) == 1  # only rank 0 prints
+        res2 = json.loads(lines[0])
+        assert res2["test_bank_id"] == res1["test_bank_id"] and res2["test_episodes"] == 11
+        assert Path(res2["eval_dir"]).relative_to(tmp_path / "copy") == Path(res1["eval_dir"]).relative_to(run_dir)
+        np.testing.assert_array_equal(np.loadtxt(os.path.join(res2["eval_dir"], "test_episode_accuracies.txt")), single)
+        assert res2["test_acc"] == res1["test_acc"]
 
 
 @pytest.mark.slow
@@ -77,43 +97,43 @@ def test_two_gloo_ranks_train_with_ddp_on_rank_seeded_streams(tmp_path):
 
     steps = 3
     run_dir = tmp_path / "ddp"
-    args = ["train", *TINY, "--episodes", str(steps), "--run-dir", str(run_dir), "--no-track", "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "fewshot", *args], capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    lines = [ln for ln in p.stdout.strip().splitlines() if ln.startswith("{")]
-    assert len(lines) == 1 and json.loads(lines[0])["test_episodes"] == 11
-    ddp_state = load_checkpoint(run_dir / "last.pt")["model"]
+    # started first: this process computes the reference and the one-process run while the ranks start up
+    with torchrun("train", *TINY, "--episodes", str(steps), "--run-dir", str(run_dir), "--no-track", "--json") as p:
+        cfg = Config(dataset="digits", backbone="test_vig", way=3, shot=1, query=2, eval_episodes=11, val_episodes=0,
+                     episodes=steps, track=False, threads=1, run_dir=str(tmp_path / "ref"))
+        run = prepare(cfg)
+        model = run.model.train()
+        streams = [run.train_sampler, EpisodeSampler(run.splits.train, 3, 1, 2, seed=episode_seed(cfg.seed, 1_000_003))]
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        images = run.splits.train.images
+        for step in range(steps):
+            grads = []
+            for rank, sampler in enumerate(streams):
+                net = model if rank == 0 else copy.deepcopy(model)  # rank 0's buffers are the ones DDP keeps
+                net.zero_grad(set_to_none=True)
+                torch.manual_seed(episode_seed(cfg.seed + 7919 + 104_729 * rank, step))
+                ep = sampler[step]
+                logits = net(images[ep.support], ep.support_labels, images[ep.query])
+                F.cross_entropy(logits, ep.query_labels).backward()
+                grads.append([q.grad.clone() for q in net.parameters()])
+            for q, g0, g1 in zip(model.parameters(), *grads):
+                q.grad = (g0 + g1) / 2
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+        ref = model.state_dict()
+        # and rank 1's stream mattered: a one-process run (rank 0's stream only) ends elsewhere
+        one = CliRunner().invoke(cli, ["train", *TINY, "--episodes", str(steps), "--run-dir", str(tmp_path / "one"),
+                                       "--no-track"])
+        assert one.exit_code == 0, one.output
+        single = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+        assert any(not torch.allclose(single[k].float(), v.float()) for k, v in ref.items())
 
-    cfg = Config(dataset="glyphs", backbone="test_vig", way=3, shot=1, query=2, eval_episodes=11, val_episodes=0,
-                 episodes=steps, track=False, threads=1, run_dir=str(tmp_path / "ref"))
-    run = prepare(cfg)
-    model = run.model.train()
-    streams = [run.train_sampler, EpisodeSampler(run.splits.train, 3, 1, 2, seed=episode_seed(cfg.seed, 1_000_003))]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    images = run.splits.train.images
-    for step in range(steps):
-        grads = []
-        for rank, sampler in enumerate(streams):
-            net = model if rank == 0 else copy.deepcopy(model)  # rank 0's buffers are the ones DDP keeps
-            net.zero_grad(set_to_none=True)
-            torch.manual_seed(episode_seed(cfg.seed + 7919 + 104_729 * rank, step))
-            ep = sampler[step]
-            F.cross_entropy(net(images[ep.support], ep.support_labels, images[ep.query]), ep.query_labels).backward()
-            grads.append([q.grad.clone() for q in net.parameters()])
-        for q, g0, g1 in zip(model.parameters(), *grads):
-            q.grad = (g0 + g1) / 2
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-    ref = model.state_dict()
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("{")]
+        assert len(lines) == 1 and json.loads(lines[0])["test_episodes"] == 11
+        ddp_state = load_checkpoint(run_dir / "last.pt")["model"]
     for k, v in ref.items():
         torch.testing.assert_close(ddp_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
-    # and rank 1's stream mattered: a one-process run (rank 0's stream only) ends elsewhere
-    one = CliRunner().invoke(cli, ["train", *TINY, "--episodes", str(steps), "--run-dir", str(tmp_path / "one"),
-                                   "--no-track"])
-    assert one.exit_code == 0, one.output
-    single = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
-    assert any(not torch.allclose(single[k].float(), v.float()) for k, v in ref.items())
