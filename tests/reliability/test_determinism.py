@@ -18,11 +18,14 @@ for split, seed in (("train", 3), ("test", 0)):
 
 
 def test_the_same_seed_draws_the_same_episodes_in_processes_with_other_hash_seeds():
+    procs = [subprocess.Popen([sys.executable, "-c", EPISODES_SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=subprocess_env(PYTHONHASHSEED=hash_seed))
+             for hash_seed in ("1", "2")]  # started together: they are independent, and 2 cores are there
     ids = []
-    for hash_seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", EPISODES_SCRIPT], capture_output=True, text=True, check=True,
-                             env=subprocess_env(PYTHONHASHSEED=hash_seed))
-        ids.append(out.stdout.split())
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        ids.append(stdout.split())
     from episodes import EpisodeSampler, load_splits
     splits = load_splits("glyphs")
     here = [EpisodeSampler(splits[s], 5, 1, 3, seed=seed).bank(200).bank_id for s, seed in (("train", 3), ("test", 0))]

@@ -6,6 +6,9 @@ during a write of best.pt and of last.pt (the process is killed while its tempor
 widened by ``FEWSHOT_TEST_SAVE_DELAY``, see fewshot/checkpoint.py), during start-up (imports,
 data loading, reading the checkpoint) and at random delays after a random training step.
 After every kill each checkpoint in the run folder must load whole.
+
+The runs that get signalled are real processes; the last resume, which only has to finish, runs
+through the CLI in this process, and the uninterrupted reference is the session's (conftest.py).
 """
 import json
 import random
@@ -19,7 +22,8 @@ import torch
 
 from fewshot.checkpoint import load_checkpoint
 
-from .conftest import EPISODES, assert_same_outcome, run_outcome, store_uri, subprocess_env, train_command
+from .conftest import (EPISODES, assert_same_outcome, fresh_store, run_outcome, subprocess_env, train_command,
+                       train_in_process)
 
 KILL_SEED = 20261125
 #: The kinds of kill, in order (write:best first: only an improving validation writes best.pt).
@@ -75,9 +79,10 @@ def kill_at(kind: str, proc, run_dir: Path, rng: random.Random, step0: int) -> s
 
 
 @pytest.mark.slow
-def test_killed_five_times_and_resumed_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference_runs):
+def test_killed_five_times_and_resumed_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference_runs,
+                                                                                  store_template):
     rng = random.Random(KILL_SEED)
-    run_dir, store = tmp_path / "run", store_uri(tmp_path)
+    run_dir, store = tmp_path / "run", fresh_store(store_template, tmp_path)
     command = train_command(run_dir, store, "--resume")
     survived = []
     for kind in PLAN:
@@ -92,10 +97,10 @@ def test_killed_five_times_and_resumed_ends_bit_for_bit_like_an_uninterrupted_ru
     assert len(survived) == len(PLAN)
     assert max(s[3].get("last.pt", 0) for s in survived) < EPISODES
 
-    final = subprocess.run(command, capture_output=True, text=True, env=subprocess_env())
-    assert final.returncode == 0, final.stderr
+    code, stdout, output = train_in_process(command)
+    assert code == 0, output
     assert not list(run_dir.glob(".*.tmp*")), "temporary files of killed writes were left behind"
-    run_id = json.loads(final.stdout.strip().splitlines()[-1])["mlflow_run_id"]
+    run_id = json.loads(stdout.strip().splitlines()[-1])["mlflow_run_id"]
     resumed = run_outcome(run_dir, store, run_id)
 
     ref_dir, ref_store, ref_stdout = reference_runs[0]
@@ -109,13 +114,13 @@ def test_killed_five_times_and_resumed_ends_bit_for_bit_like_an_uninterrupted_ru
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference_runs):
+def test_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference_runs, store_template):
     """SIGINT (what Ctrl-C sends) to `fewshot train` in the middle of training: it exits 130 saying
     "interrupted", its MLflow run is marked KILLED, the checkpoints load whole, and the same command
     with --resume ends exactly where the uninterrupted reference run ends."""
     from mlflow.tracking import MlflowClient
 
-    run_dir, store = tmp_path / "run", store_uri(tmp_path)
+    run_dir, store = tmp_path / "run", fresh_store(store_template, tmp_path)
     command = train_command(run_dir, store, "--resume")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=subprocess_env(FEWSHOT_TEST_SAVE_DELAY="0.2"))  # slower writes: mid-run for sure
@@ -129,9 +134,9 @@ def test_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path,
     run_id = torch.load(run_dir / "last.pt", weights_only=True)["mlflow_run_id"]
     assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "KILLED"
 
-    final = subprocess.run(command, capture_output=True, text=True, env=subprocess_env())
-    assert final.returncode == 0, final.stderr
-    assert json.loads(final.stdout.strip().splitlines()[-1])["mlflow_run_id"] == run_id  # the same MLflow run
+    code, stdout, output = train_in_process(command)
+    assert code == 0, output
+    assert json.loads(stdout.strip().splitlines()[-1])["mlflow_run_id"] == run_id  # the same MLflow run
     resumed = run_outcome(run_dir, store, run_id)
     ref_dir, ref_store, ref_stdout = reference_runs[0]
     reference = run_outcome(ref_dir, ref_store, json.loads(ref_stdout.strip().splitlines()[-1])["mlflow_run_id"])
