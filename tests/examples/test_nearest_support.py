@@ -1,32 +1,69 @@
 """examples/nearest_support.py, the one-file matcher of examples/README.md: its maths, its
 registration, its option checks, and its use from the command line.
 
-Importing the example registers ``nearest_support`` in the process-wide matcher registry, so
-every check runs in a subprocess: the other tests keep seeing only the package's matchers. Each
-starts torch (several seconds), hence all are marked slow.
+Importing the example registers ``nearest_support`` in the process-wide matcher registry. The
+checks run in this process (a subprocess would spend seconds importing torch for each command),
+inside the ``isolated`` fixture: it snapshots the registry and ``sys.modules``' entry for the example
+and puts both back afterwards, so the other tests keep seeing only the package's matchers. The
+command line is the example's own ``if __name__ == "__main__"`` block, run by :func:`runpy.run_path`
+with ``sys.argv`` set, as ``python examples/nearest_support.py ...`` runs it.
 """
+import doctest
+import importlib
 import json
-import os
-import subprocess
+import runpy
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+
+import matchers
+from matchers.base import _REGISTRY
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "nearest_support.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "examples")}
 
-CHECKS = textwrap.dedent(r"""
-    import doctest
-    import pytest
-    import torch
-    import torch.nn.functional as F
 
-    import matchers
-    import nearest_support
-    from nearest_support import NearestSupportMatcher
+@pytest.fixture
+def isolated(monkeypatch):
+    """The examples folder on sys.path (as the script's own folder is when run), and the matcher
+    registry and ``sys.modules['nearest_support']`` restored after the test. Returns ``reset()``,
+    which puts the registry back to the package's matchers mid-test (each run of the script
+    registers its own class object, and a second registration under the same name is refused)."""
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    package_matchers = dict(_REGISTRY._loaded())
+    monkeypatch.setattr(_REGISTRY, "_entries", dict(package_matchers))
+    monkeypatch.delitem(sys.modules, "nearest_support", raising=False)
+
+    def reset():
+        _REGISTRY._entries.clear()
+        _REGISTRY._entries.update(package_matchers)
+        sys.modules.pop("nearest_support", None)
+
+    yield reset
+    sys.modules.pop("nearest_support", None)
+
+
+def run_example(reset, capsys, monkeypatch, *args) -> tuple:
+    """``python examples/nearest_support.py *args`` in this process, on a registry holding only the package's
+    matchers: ``(exit code, stdout, stderr)``. The example's matcher stays registered afterwards."""
+    reset()
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *args])
+    try:
+        runpy.run_path(str(EXAMPLE), run_name="__main__")
+        code = 0
+    except SystemExit as e:  # click's standalone mode ends every command with sys.exit
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_example_matcher_computes_registers_and_validates(isolated):
+    nearest_support = importlib.import_module("nearest_support")
+    NearestSupportMatcher = nearest_support.NearestSupportMatcher
 
     # registered under its name, found by the registry like the package's own matchers
     assert "nearest_support" in matchers.list_matchers()
@@ -52,7 +89,7 @@ CHECKS = textwrap.dedent(r"""
     assert got[0, int(labels[5])].item() == pytest.approx(1.0)
 
     # trainable: the loss reaches support and query
-    support.requires_grad_(True); query.requires_grad_(True)
+    support.requires_grad_(True), query.requires_grad_(True)
     F.cross_entropy(NearestSupportMatcher()(support, labels, query), torch.zeros(7, dtype=torch.long)).backward()
     assert support.grad.abs().sum() > 0 and query.grad.abs().sum() > 0
 
@@ -69,57 +106,47 @@ CHECKS = textwrap.dedent(r"""
     # the docstring example runs
     failed, tried = doctest.testmod(nearest_support, extraglobs={"torch": torch})
     assert tried > 0 and failed == 0, (failed, tried)
-    print("all checks passed")
-""")
 
 
 @pytest.mark.slow
-def test_the_example_matcher_computes_registers_and_validates():
-    proc = subprocess.run([sys.executable, "-c", CHECKS], capture_output=True, text=True, env=ENV, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "all checks passed" in proc.stdout
-
-
-@pytest.mark.slow
-def test_the_example_trains_and_evaluates_from_the_command_line(tmp_path):
+def test_the_example_trains_and_evaluates_from_the_command_line(tmp_path, isolated, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     common = ["--matcher", "nearest_support", "--eval-episodes", "5", "--no-track", "--no-progress", "--json",
-              "--run-dir", str(run_dir), "--device", "cpu"]
-    train = subprocess.run([sys.executable, str(EXAMPLE), "train", *common, "--episodes", "3", "--val-episodes", "0",
-                            "--temperature", "0.05", "--matcher-opt", "reduce=mean"], capture_output=True, text=True,
-                           env=ENV, cwd=tmp_path, timeout=300)
-    assert train.returncode == 0, train.stderr[-3000:]
-    result = json.loads(train.stdout.strip().splitlines()[-1])
+              "--run-dir", str(run_dir), "--device", "cpu", "--threads", "1"]
+    code, out, err = run_example(isolated, capsys, monkeypatch, "train", *common, "--episodes", "3",
+                                 "--val-episodes", "0", "--temperature", "0.05", "--matcher-opt", "reduce=mean")
+    assert code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
     assert result["episodes"] == 3 and result["test_episodes"] == 5 and 0 <= result["test_acc"] <= 1
     assert (run_dir / "last.pt").is_file()
-    # the options reach the matcher the run builds (a rebuilt run, as fewshot eval makes it)
-    built = subprocess.run([sys.executable, "-c", "import sys, nearest_support\n"
-                            "from fewshot.evaluate_run import load_run_config\nfrom fewshot.model import build_model\n"
-                            "m = build_model(load_run_config(sys.argv[1]), 28, 1).matcher\n"
-                            "print(type(m).__name__, m.reduce, m.temperature)", str(run_dir)],
-                           capture_output=True, text=True, env=ENV, timeout=120)
-    assert built.returncode == 0, built.stderr[-3000:]
-    assert built.stdout.split() == ["NearestSupportMatcher", "mean", "0.05"]
+    # the options reach the matcher the run builds (a rebuilt run, as fewshot eval makes it), with the
+    # matcher registered by a plain import of the example
+    from fewshot.evaluate_run import load_run_config
+    from fewshot.model import build_model
 
-    evaluated = subprocess.run([sys.executable, str(EXAMPLE), "eval", *common, "--checkpoint", "last", "--shot", "2"],
-                               capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    scored = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    isolated()
+    importlib.import_module("nearest_support")
+    m = build_model(load_run_config(run_dir), 28, 1).matcher
+    assert (type(m).__name__, m.reduce, m.temperature) == ("NearestSupportMatcher", "mean", 0.05)
+
+    code, out, err = run_example(isolated, capsys, monkeypatch, "eval", *common, "--checkpoint", "last", "--shot", "2")
+    assert code == 0, err[-3000:]
+    scored = json.loads(out.strip().splitlines()[-1])
     assert scored["matcher"] == "nearest_support" and scored["test_shot"] == 2
 
 
-@pytest.mark.slow
-def test_an_unknown_matcher_name_or_option_value_on_the_command_line_is_one_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(EXAMPLE), "train", "--matcher", "nearest_suport", "--no-track",
-                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=ENV, cwd=tmp_path,
-                          timeout=120)
-    assert proc.returncode == 2
-    assert "nearest_support" in proc.stderr and "Traceback" not in proc.stderr
+def test_an_unknown_matcher_name_or_option_value_on_the_command_line_is_one_clear_error(tmp_path, isolated, capsys,
+                                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_example(isolated, capsys, monkeypatch, "train", "--matcher", "nearest_suport", "--no-track",
+                               "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert "nearest_support" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
-    bad = subprocess.run([sys.executable, str(EXAMPLE), "train", "--matcher", "nearest_support", "--matcher-opt",
-                          "reduce=median", "--no-track", "--run-dir", str(tmp_path / "run")], capture_output=True,
-                         text=True, env=ENV, cwd=tmp_path, timeout=120)
-    assert bad.returncode == 2
-    assert "reduce" in bad.stderr and "max, mean" in bad.stderr and "Traceback" not in bad.stderr
+    code, _, err = run_example(isolated, capsys, monkeypatch, "train", "--matcher", "nearest_support", "--matcher-opt",
+                               "reduce=median", "--no-track", "--run-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert "reduce" in err and "max, mean" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
