@@ -68,7 +68,9 @@ def test_a_matcher_without_gradient_or_surrogate_is_refused_in_one_line(tmp_path
 
 @pytest.mark.slow  # a subprocess that imports torch and faiss (~10 s)
 def test_faiss_loader_lines_stay_out_of_the_terminal(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "fewshot", "train", "--dataset", "glyphs", "--backbone", "conv4",
+    """A real process: faiss's loader logs only the first time faiss is imported. The run reads the small
+    ``digits`` set (generating the 8,000 glyphs would cost the child 8-15 s; faiss loads the same way)."""
+    out = subprocess.run([sys.executable, "-m", "fewshot", "train", "--dataset", "digits", "--backbone", "conv4",
                           "--matcher", "knn", "--way", "3", "--shot", "1", "--query", "2", "--episodes", "1",
                           "--val-episodes", "0", "--eval-episodes", "2", "--no-track", "--no-progress", "--threads", "1",
                           "--run-dir", str(tmp_path / "run")],
