@@ -20,10 +20,14 @@ _spec.loader.exec_module(official_layout)
 TINY = ["--dataset", "glyphs", "--way", "3", "--shot", "1", "--query", "2", "--eval-episodes", "4",
         "--val-episodes", "2", "--val-every", "3", "--checkpoint-every", "2", "--no-progress", "--threads", "1",
         "--no-track", "--episodes", "1"]
+#: The authors' 224 px files: the smallest run that still trains one episode and tests two (2-way 1-shot, one
+#: query per class, no validation), since every image costs a 224 px ViG-Ti / PViG-Ti forward on the CPU.
+AUTHORS = ["--dataset", "glyphs", "--way", "2", "--shot", "1", "--query", "1", "--eval-episodes", "2",
+           "--val-episodes", "0", "--no-progress", "--threads", "1", "--no-track", "--episodes", "1"]
 
 
-def train(tmp_path, backbone, weights, caplog=None):
-    args = ["train", *TINY, "--backbone", backbone, "--run-dir", str(tmp_path / "run"), "--backbone-from", str(weights)]
+def train(tmp_path, backbone, weights, settings=TINY):
+    args = ["train", *settings, "--backbone", backbone, "--run-dir", str(tmp_path / "run"), "--backbone-from", str(weights)]
     return CliRunner().invoke(cli, args)
 
 
@@ -122,7 +126,7 @@ class TestCli:
     def test_the_authors_vig_ti_file_trains_on_grayscale_glyphs(self, tmp_path, caplog):
         torch.save(official_layout.make_state(official_layout.isotropic_shapes(192, 12)), tmp_path / "vig_ti_74.5.pth")
         with caplog.at_level(logging.INFO):
-            r = train(tmp_path, "vig_ti_224_gelu", tmp_path / "vig_ti_74.5.pth")
+            r = train(tmp_path, "vig_ti_224_gelu", tmp_path / "vig_ti_74.5.pth", AUTHORS)
         assert r.exit_code == 0, r.output
         assert "official layout" in caplog.text and "adapted from 3 to 1 input channels" in caplog.text
         assert "episode images resized to 224 px" in caplog.text
@@ -160,7 +164,7 @@ class TestCli:
             return tuned
 
         monkeypatch.setattr(Head, "logits", spy)
-        args = ["train", *TINY, "--backbone", "pvig_ti_224_gelu", "--run-dir", str(tmp_path / "run"),
+        args = ["train", *AUTHORS, "--backbone", "pvig_ti_224_gelu", "--run-dir", str(tmp_path / "run"),
                 "--backbone-from", str(tmp_path / "pvig_ti_78.5.pth.tar"), "--adapt", "head", "--adapt-steps", "1",
                 "--json"]
         with caplog.at_level(logging.INFO):
@@ -169,8 +173,8 @@ class TestCli:
         assert "episode images resized to 224 px" in caplog.text and "image (1, 224, 224)" in caplog.text
         result = json.loads(r.output[r.output.index("{"):])
         assert result["trainable_params"] == 0 and result["frozen_params"] == 9_293_424  # PViG-Ti without its classifier
-        assert 0 <= result["test_acc"] <= 1 and result["test_episodes"] == 4
-        assert len(scored) >= 4  # the 4 test episodes (and the validation ones) went through the tuning
+        assert 0 <= result["test_acc"] <= 1 and result["test_episodes"] == 2
+        assert len(scored) == 2  # the 2 test episodes went through the tuning (nothing trains: no training episode)
         assert len(losses) == len(scored)  # one tuning step per episode
         moved = [(loss, gap) for loss, (gap, _) in zip(losses, scored)]
         assert sum(loss > 0 for loss, _ in moved) >= len(moved) // 2, moved  # at least half the episodes have a gradient
