@@ -69,9 +69,28 @@ def test_conv4_without_a_shipped_tag_says_which_exist():
         timm.create_model("conv4", pretrained=True)
 
 
+@pytest.fixture(scope="module")
+def splits_loaded_once():
+    """Both omniglot_minimal weights are checked on the same test split: ``episodes.load_splits``
+    (which ``check_accuracy`` calls) decodes the omniglot zips once for the module; the splits are only read."""
+    import episodes
+
+    real, loaded = episodes.load_splits, {}
+
+    def load_splits(name, root=None, img_size=None, **kwargs):
+        key = (name, str(root), img_size, tuple(sorted(kwargs.items())))
+        if key not in loaded:
+            loaded[key] = real(name, root, img_size, **kwargs)
+        return loaded[key]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(episodes, "load_splits", load_splits)
+        yield
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPECTED)
-def test_reproduces_its_recorded_accuracy_on_the_200_episode_check_bank(name):
+def test_reproduces_its_recorded_accuracy_on_the_200_episode_check_bank(name, splits_loaded_once):
     from episodes import dataset_info
     from fewshot.pretrained import load_pretrained, pretrained_config
     from scripts.ship_weights import check_accuracy
