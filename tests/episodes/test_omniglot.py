@@ -43,6 +43,34 @@ def class_alphabets(images):
     return {name.split("/")[0] for name in images.class_names}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def decode_each_drawing_once():
+    """This module loads the same 5,840 real drawings about ten times (zips, extracted folders, symlinks,
+    other val splits), and decoding them is most of each load. ``decode_images`` is a pure function of each
+    item's bytes, the size and the channels (tested in test_decode.py), so here it decodes every distinct
+    (bytes, size, channels) once and hands out copies of those rows; everything else a load does
+    (finding, reading and splitting the sets, inverting, rotating) runs every time. Items never decoded
+    (every fake and bad PNG the first time) go to the real function, in order, so its errors are unchanged."""
+    real, rows = omniglot.decode_images, {}
+
+    def decode_images(items, img_size, channels, max_workers=None):
+        if not all(isinstance(data, (bytes, bytearray)) for _, data in items):
+            return real(items, img_size, channels, max_workers)
+        keys = [(bytes(data), img_size, channels) for _, data in items]
+        new = [i for i, key in enumerate(keys) if key not in rows]
+        if new:
+            decoded = real([items[i] for i in new], img_size, channels, max_workers)
+            rows.update((keys[i], row) for i, row in zip(new, decoded))
+        out = torch.empty((len(items), channels, img_size, img_size), dtype=torch.uint8)
+        for i, key in enumerate(keys):
+            out[i] = rows[key]
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(omniglot, "decode_images", decode_images)
+        yield
+
+
 @pytest.fixture(scope="module")
 def omniglot_dir(shared_data):
     return shared_data / "omniglot"
