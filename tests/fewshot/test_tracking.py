@@ -3,10 +3,9 @@ names, dataset inputs and the UI's landing view; stores that fail (one warning, 
 folder, written later) and ``fewshot track sync``. Many processes at once: test_tracking_concurrency.py."""
 import json
 import logging
-import shutil
-import subprocess
-import sys
+import sqlite3
 import warnings
+from contextlib import closing
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -84,20 +83,21 @@ def test_the_cli_with_a_file_store_warns_instead_of_an_mlflow_traceback(tmp_path
 
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory):
-    """An empty store (MLflow's tables, ~10 s of migrations) made once, in a child process so that no engine
-    here holds it open; :func:`store` copies it."""
+    """An empty store (MLflow's tables: its migrations) made once, here; :func:`store` copies it."""
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    code = f"from fewshot.tracking import _open_store; _open_store({f'sqlite:///{db}'!r})"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    tracking._open_store(f"sqlite:///{db}")
     return db
 
 
 @pytest.fixture
 def store(tmp_path, template_store):
-    """A ready sqlite store of this test's own: its URI."""
+    """A ready sqlite store of this test's own: its URI. Copied with sqlite's backup API, which copies what
+    the template's WAL holds too although this process's MLflow engine still has it open."""
     (tmp_path / "mlruns").mkdir()
-    shutil.copy(template_store, tmp_path / "mlruns" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    db = tmp_path / "mlruns" / "mlflow.db"
+    with closing(sqlite3.connect(template_store)) as src, closing(sqlite3.connect(db)) as dst:
+        src.backup(dst)
+    return f"sqlite:///{db}"
 
 
 PARAMS = {"dataset": "glyphs", "way": 5, "shot": 1, "query": 15, "backbone": "conv4", "matcher": "prototype",
@@ -187,9 +187,9 @@ def test_a_store_that_takes_writes_again_is_brought_up_to_date_when_the_run_ends
     assert run.info.status == "FINISHED" and run.data.metrics["val_acc"] == 0.6
 
 
-def test_a_run_the_store_never_took_is_created_by_sync_and_a_resumed_run_goes_on_in_it(tmp_path, monkeypatch, caplog):
+def test_a_run_the_store_never_took_is_created_by_sync_and_a_resumed_run_goes_on_in_it(store, tmp_path, monkeypatch,
+                                                                                         caplog):
     """Read-only store folder: nothing can be created there; ``--resume`` later, once it can, continues the run."""
-    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     real = tracking._open_store
 
     def read_only(uri, experiment=None):
