@@ -51,6 +51,13 @@ def _descendants(pid: int) -> set:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _wait_gone(pids, timeout_s: float) -> set:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
@@ -105,7 +112,9 @@ def test_fewshot_ui_stopped_by_sigterm_leaves_no_process_behind(tmp_path):
                 assert ui.poll() is None, "fewshot ui exited early"
                 assert time.monotonic() < deadline, "the MLflow server did not answer within 120 s"
                 time.sleep(0.5)
-        time.sleep(3)  # the job runners start after the server answers
+        while not any("huey_consumer" in _cmdline(p) for p in _descendants(ui.pid)):  # the job runner starts them
+            assert time.monotonic() < deadline, "no huey job runner under fewshot ui within 120 s"
+            time.sleep(0.2)
         tree = _descendants(ui.pid) - {ui.pid}
         assert len(tree) >= 2, f"expected the server and its workers under fewshot ui, found {tree}"
         ui.send_signal(sig)
