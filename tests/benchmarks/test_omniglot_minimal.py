@@ -106,7 +106,9 @@ def test_a_plan_naming_an_unknown_step_is_refused(tmp_path):
     bad = tmp_path / "plan.yaml"
     bad.write_text(yaml.safe_dump({"steps": [{"name": "a"}, {"name": "b", "vs": "c"}]}))
     with pytest.raises(SystemExit, match="unknown step 'c'"):  # the one line the command prints on stderr
-        script().main(["--plan", str(bad), "--out", str(tmp_path / "o.md")])
+        # --smoke and a runs folder of its own: were the plan accepted, the run fails the test in seconds
+        script().main(["--plan", str(bad), "--out", str(tmp_path / "o.md"), "--smoke", "--no-track",
+                       "--settings", "5w1s", "--runs-dir", str(tmp_path / "runs")])
     assert not (tmp_path / "o.md").exists()
 
 
