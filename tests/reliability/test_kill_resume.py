@@ -122,8 +122,11 @@ def test_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path,
 
     run_dir, store = tmp_path / "run", fresh_store(store_template, tmp_path)
     command = train_command(run_dir, store, "--resume")
+    # SIGINT restored to its default in the child: a shell that starts pytest as a background job (`&`) makes it
+    # ignored, the child would inherit that, never see the Ctrl-C and train to the end (exit 0)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=subprocess_env(FEWSHOT_TEST_SAVE_DELAY="0.2"))  # slower writes: mid-run for sure
+                            env=subprocess_env(FEWSHOT_TEST_SAVE_DELAY="0.2"),  # slower writes: mid-run for sure
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_until(proc, lambda: checkpoint_step(run_dir) >= 4)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
