@@ -57,6 +57,13 @@ def _trained_at(run_dir: Path) -> str:
     return path.read_text().strip() if path.exists() else "unknown"
 
 
+def _config(run_dir: Path) -> dict:
+    """The settings a run trained with (its config.yaml, every default filled)."""
+    import yaml
+
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+
+
 def _accs(run_dir: str) -> list:
     return [float(x) for x in (Path(run_dir) / "test_episode_accuracies.txt").read_text().split()]
 
@@ -85,12 +92,17 @@ def main(argv=None) -> None:
                      "bank": a["test_bank_id"], "episodes": a["test_episodes"],
                      "paired": _results.paired(_accs(a["run_dir"]), _accs(b["run_dir"]))})
     lines = _results.markdown_header("The default run: the method against the Conv-4 ProtoNet", [run])
+    cfg = {n: _config(ROOT / res[n]["run_dir"]) for n in METHODS}  # the last seed's; every seed's are alike
+    m, c = cfg["method"], cfg["conv4"]
     lines += ["Both `fewshot train --way 5 --shot 1` on glyphs (the built-in data): the first with nothing else "
-              "(the method: vig_small_c4_28, DN4, affine augmentation), the second with `--backbone conv4` "
-              "(prototype matcher, no augmentation: the default before). 600 training episodes, validation every 200 "
-              "on 200 validation episodes, the best checkpoint scored on the 2000-episode test bank of bank seed 0 "
-              "(5-way 1-shot, 15 queries per class). Wall time: the whole command, start to test result, one after the "
-              "other on the same threads.", "",
+              f"(the method: {m['backbone']}, {m['matcher'].upper()}, {m['augment']} augmentation, "
+              f"{m['train_query'] or m['query']} query images per class in training episodes), the second with "
+              f"`--backbone conv4` ({c['matcher']} matcher, {c['augment']} augmentation, "
+              f"{c['train_query'] or c['query']} training queries per class: the default before). "
+              f"{m['episodes']} training episodes, validation every {m['val_every']} on {m['val_episodes']} "
+              f"validation episodes, the best checkpoint scored on the {m['eval_episodes']}-episode test bank of "
+              f"bank seed {m['bank_seed']} ({m['way']}-way {m['shot']}-shot, {m['query']} queries per class). Wall "
+              "time: the whole command, start to test result, one after the other on the same threads.", "",
               "| seed | bank | method (vig_small_c4_28 + DN4) | Conv-4 ProtoNet | difference (method - Conv-4) "
               "| method wall | Conv-4 wall | method peak RSS | trained at |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

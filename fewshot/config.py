@@ -82,11 +82,12 @@ def setting(default: Any, help: str, *, train_only: bool = False, choices: Union
     return field(default=default, metadata=meta)
 
 
-METHOD = {"backbone": "vig_small_c4_28", "matcher": "dn4", "augment": "affine"}
+METHOD = {"backbone": "vig_small_c4_28", "matcher": "dn4", "augment": "affine", "train_query": 5}
 """What a run that names no backbone trains: the toolkit's method (the ViG on a Conv-4-style stem, DN4,
-affine augmentation). Naming a backbone (e.g. ``--backbone conv4``) gives that backbone with the prototype
-matcher and no augmentation unless ``--matcher`` / ``--augment`` say otherwise; a prompted run (frozen
-backbone) also defaults to the prototype matcher."""
+affine augmentation, 5 query images per class in training episodes; evaluation keeps ``--query``).
+Naming a backbone (e.g. ``--backbone conv4``) gives that backbone with the prototype matcher, no augmentation
+and ``--query`` training queries unless ``--matcher`` / ``--augment`` / ``--train-query`` say otherwise; a
+prompted run (frozen backbone) also defaults to the prototype matcher."""
 
 # kind -> (package, constructor arguments that are not options)
 COMPONENTS = {"matcher": ("matchers", ()), "prompt": ("prompts", ("backbone",))}
@@ -110,7 +111,9 @@ class Config:
     query: int = setting(15, "Query images per class.")
     train_way: Optional[int] = setting(None, "Classes per training episode (default: --way).", train_only=True)
     train_shot: Optional[int] = setting(None, "Support images per class in training (default: --shot).", train_only=True)
-    train_query: Optional[int] = setting(None, "Query images per class in training (default: --query).", train_only=True)
+    train_query: Optional[int] = setting(None, "Query images per class in training [default: "
+                                        f"{METHOD['train_query']} for the default backbone, else --query].",
+                                        train_only=True)
     episode_groups: str = setting("none", "Where an episode's classes come from: none (the whole split) or alphabet "
                                   "(one Omniglot alphabet per episode, Lake et al. 2015); training, validation and "
                                   "test episodes alike.", choices="episodes.sampler:EPISODE_GROUPS")
@@ -254,6 +257,8 @@ class Config:
             object.__setattr__(self, "matcher", METHOD["matcher"] if plain else "prototype")
         if self.augment is None:
             object.__setattr__(self, "augment", METHOD["augment"] if plain else "none")
+        if self.train_query is None and plain:  # otherwise unset: training uses --query
+            object.__setattr__(self, "train_query", METHOD["train_query"])
 
     def _check_prompting(self) -> None:
         from .adaptation import list_adaptations  # the registered strategies (fewshot/adaptation.py)
@@ -399,6 +404,8 @@ class Config:
         for name, f in _FIELDS.items():
             then = saved.get(name, f.default)
             now = getattr(self, name)
+            if name == "train_query":  # unset means --query: compared as the count that trained
+                then, now = then or saved.get("query", _FIELDS["query"].default), self.effective_train_query
             if name not in BOOKKEEPING and then != now and not (isinstance(now, tuple) and list(now) == then):
                 out.append(f"{name}: {then!r} -> {now!r}")
         return out
@@ -417,7 +424,8 @@ _SHORTHANDS = {kind: [f for f in _FIELDS.values() if (f.metadata.get("shorthand"
 
 def legacy_settings(saved: Mapping[str, Any]) -> dict:
     """A stored run config as today's fields read it: runs saved before the method became the default
-    (:data:`METHOD`) stored ``backbone: null`` for Conv-4, the default then."""
+    (:data:`METHOD`) stored ``backbone: null`` for Conv-4, the default then. (A stored ``train_query: null``
+    needs nothing: a stored config names its backbone, so the method's own query count is not filled in.)"""
     saved = dict(saved)
     if "backbone" in saved and saved["backbone"] is None:
         saved["backbone"] = "conv4"

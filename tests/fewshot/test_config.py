@@ -82,3 +82,46 @@ def test_differences_name_changed_settings_and_accept_fields_added_since():
     assert base.differences(saved) == []
     assert base.replace(lr=2e-3).differences(saved) == ["lr: 0.001 -> 0.002"]
     assert base.replace(clusters=8).differences(saved) == ["clusters: 4 -> 8"]
+
+
+def test_the_default_run_is_the_method_with_its_own_training_queries():
+    cfg = Config()
+    assert (cfg.backbone, cfg.matcher, cfg.augment, cfg.train_query) == ("vig_small_c4_28", "dn4", "affine", 5)
+    assert (cfg.query, cfg.effective_train_query) == (15, 5)   # evaluation keeps --query
+
+
+@pytest.mark.parametrize("changes", [dict(backbone="conv4"), dict(prompt="vgp"), dict(adapt="tune")])
+def test_a_named_backbone_or_a_prompted_run_trains_on_query_images(changes):
+    cfg = Config(**changes)
+    assert cfg.train_query is None and cfg.effective_train_query == cfg.query == 15
+    assert Config().replace(**changes).effective_train_query == 15   # the method's 5 is refilled, not kept
+
+
+@pytest.mark.parametrize("changes", [dict(), dict(backbone="conv4")])
+def test_an_explicit_train_query_is_kept(changes):
+    assert Config(train_query=7, **changes).effective_train_query == 7
+    assert Config(train_query=7).replace(**changes).effective_train_query == 7
+
+
+def test_a_run_saved_before_the_method_had_its_own_query_count_reads_as_trained():
+    from fewshot.config import legacy_settings
+
+    saved = {**Config().to_dict(), "train_query": None, "query": 10}   # what such a run stored
+    assert merge(Config(), legacy_settings(saved)).effective_train_query == 10
+    assert merge(Config(), legacy_settings(Config().to_dict())).effective_train_query == 5
+
+
+def test_the_prepared_default_run_trains_on_five_queries_and_tests_on_fifteen(tmp_path):
+    import fewshot.training as training
+
+    run = training.prepare(Config(run_dir=str(tmp_path / "run"), track=False, threads=1, eval_episodes=2,
+                                  val_episodes=2))
+    assert run.train_sampler[0].query.numel() == 5 * 5
+    assert run.test_bank[0].query.numel() == 5 * 15
+
+
+def test_differences_compare_the_training_query_count_that_trained():
+    prompted = Config(prompt="vgp")                          # train_query unset: --query's 15 trains
+    assert prompted.differences({**prompted.to_dict(), "train_query": 15}) == []
+    assert prompted.replace(train_query=15).differences(prompted.to_dict()) == []
+    assert Config().differences({**Config().to_dict(), "train_query": None}) == ["train_query: 15 -> 5"]
