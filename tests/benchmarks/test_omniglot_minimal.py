@@ -13,12 +13,12 @@ import traceback
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from fewshot.compare import load_run, paired_test
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import ROOT, call_main, load_script
+
 SCRIPT = ROOT / "benchmarks" / "omniglot_minimal.py"
 PLAN = ROOT / "benchmarks" / "configs" / "omniglot-minimal-ablation.yaml"
 
@@ -26,12 +26,12 @@ PLAN = ROOT / "benchmarks" / "configs" / "omniglot-minimal-ablation.yaml"
 def run_script(monkeypatch, *argv: str) -> list:
     """``python benchmarks/omniglot_minimal.py *argv`` in this process, its ``[python, -m, fewshot, ...]``
     subprocesses answered by ``fewshot.cli`` in this process (stdout to the script, stderr to the log it
-    names); returns the fewshot commands it ran. Torch's thread count is restored afterwards."""
+    names); returns the fewshot commands it ran. Torch's thread count and sys.path are restored afterwards."""
     from click.testing import CliRunner
 
     from fewshot.cli import cli
 
-    om, real_run, ran, threads = script(), subprocess.run, [], torch.get_num_threads()
+    om, real_run, ran = script(), subprocess.run, []
 
     def fake_run(cmd, *args, **kwargs):
         if list(cmd[:3]) != [sys.executable, "-m", "fewshot"]:
@@ -46,10 +46,9 @@ def run_script(monkeypatch, *argv: str) -> list:
 
     monkeypatch.setattr(om.subprocess, "run", fake_run)
     try:
-        assert om.main(list(argv)) == 0
+        assert call_main(om, *argv) == 0
     finally:
         monkeypatch.setattr(om.subprocess, "run", real_run)
-        torch.set_num_threads(threads)
     return ran
 
 
@@ -107,8 +106,8 @@ def test_a_plan_naming_an_unknown_step_is_refused(tmp_path):
     bad.write_text(yaml.safe_dump({"steps": [{"name": "a"}, {"name": "b", "vs": "c"}]}))
     with pytest.raises(SystemExit, match="unknown step 'c'"):  # the one line the command prints on stderr
         # --smoke and a runs folder of its own: were the plan accepted, the run fails the test in seconds
-        script().main(["--plan", str(bad), "--out", str(tmp_path / "o.md"), "--smoke", "--no-track",
-                       "--settings", "5w1s", "--runs-dir", str(tmp_path / "runs")])
+        call_main(script(), "--plan", str(bad), "--out", str(tmp_path / "o.md"), "--smoke", "--no-track",
+                  "--settings", "5w1s", "--runs-dir", str(tmp_path / "runs"))
     assert not (tmp_path / "o.md").exists()
 
 
@@ -137,17 +136,11 @@ def test_the_shipped_configs_load_and_train_a_few_episodes(tmp_path, name):
 def test_a_paired_difference_is_results_paired_cell_on_one_bank_and_refuses_two_banks():
     """``_diff`` is ``_results.paired_cell`` (one formatting, its equal-episodes guard) and first checks that
     both runs were scored on the same bank: two banks of equal size would otherwise pair unrelated episodes."""
-    import importlib.util
-
     import numpy as np
 
     from fewshot.compare import RunScores
 
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.append(str(ROOT / "benchmarks"))  # last: its scripts must not shadow the packages
-    spec = importlib.util.spec_from_file_location("omniglot_minimal_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("omniglot_minimal")
     g = np.random.default_rng(0)
     a, b = (g.integers(0, 2, 40).astype(float) for _ in range(2))
     run = lambda acc, bank: RunScores("r", acc, bank, 5, 1)  # noqa: E731
@@ -159,12 +152,8 @@ def test_a_paired_difference_is_results_paired_cell_on_one_bank_and_refuses_two_
 
 
 def script():
-    """benchmarks/omniglot_minimal.py as a module; benchmarks/ goes last on sys.path, so that its scripts
-    (benchmarks/prompts.py, matchers.py) never shadow the packages of the same names."""
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.append(str(ROOT / "benchmarks"))
-    import omniglot_minimal
-    return omniglot_minimal
+    """benchmarks/omniglot_minimal.py as a fresh module (conftest's :func:`load_script`)."""
+    return load_script("omniglot_minimal")
 
 
 class TestEvalCache:

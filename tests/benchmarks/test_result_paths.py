@@ -3,24 +3,15 @@ it (benchmarks/_results.py ``shown_path`` / ``shown_arg``, used by ``command``, 
 ``provenance`` and the scripts' own path fields)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import ROOT, load_script
 
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_results = load("_results")
+_results = load_script("_results")
 
 
 @pytest.fixture
@@ -82,11 +73,7 @@ def test_a_checkpoint_read_from_inside_the_repository_is_named_relative(tmp_path
 
 
 def test_omniglot_minimal_reports_each_step_command_with_relative_paths():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        omniglot_minimal = load("omniglot_minimal")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    omniglot_minimal = load_script("omniglot_minimal")
     words = ["train", "--data-root", str(ROOT.parent / "shared" / "data" / "omniglot"), "--run-dir",
              str(ROOT / "runs" / "step"), "--tracking-uri", f"sqlite:///{ROOT / 'runs' / 'mlruns' / 'mlflow.db'}"]
     assert omniglot_minimal._shown(words) == ("train --data-root ../shared/data/omniglot --run-dir runs/step "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import subprocess
@@ -13,10 +12,9 @@ import pytest
 import torch
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_results", ROOT / "benchmarks" / "_results.py")
-_results = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(_results)
+from .conftest import ROOT, load_script
+
+_results = load_script("_results")
 
 
 def test_provenance_names_the_command_from_the_repository_root_and_the_commit_git_reports():
