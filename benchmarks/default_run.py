@@ -94,10 +94,11 @@ def main(argv=None) -> None:
     lines = _results.markdown_header("The default run: the method against the Conv-4 ProtoNet", [run])
     cfg = {n: _config(ROOT / res[n]["run_dir"]) for n in METHODS}  # the last seed's; every seed's are alike
     m, c = cfg["method"], cfg["conv4"]
+    aug = {n: "no augmentation" if x["augment"] == "none" else f"{x['augment']} augmentation" for n, x in cfg.items()}
     lines += ["Both `fewshot train --way 5 --shot 1` on glyphs (the built-in data): the first with nothing else "
-              f"(the method: {m['backbone']}, {m['matcher'].upper()}, {m['augment']} augmentation, "
+              f"(the method: {m['backbone']}, {m['matcher'].upper()}, {aug['method']}, "
               f"{m['train_query'] or m['query']} query images per class in training episodes), the second with "
-              f"`--backbone conv4` ({c['matcher']} matcher, {c['augment']} augmentation, "
+              f"`--backbone conv4` ({c['matcher']} matcher, {aug['conv4']}, "
               f"{c['train_query'] or c['query']} training queries per class: the default before). "
               f"{m['episodes']} training episodes, validation every {m['val_every']} on {m['val_episodes']} "
               f"validation episodes, the best checkpoint scored on the {m['eval_episodes']}-episode test bank of "
