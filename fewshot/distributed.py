@@ -5,6 +5,7 @@ Everything is a no-op in a single process (``WORLD_SIZE`` unset or 1): :func:`se
 """
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -29,7 +30,16 @@ def setup(threads: int = 1) -> tuple:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
+        atexit.register(_teardown)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _teardown() -> None:
+    """Leave the process group before the interpreter exits. A gloo rank that exits with its group still
+    up can abort in the C++ destructors ("terminate called without an active exception", SIGABRT) and
+    torchrun then fails the whole command, although every rank finished its work."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world_size() -> int:

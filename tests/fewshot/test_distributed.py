@@ -40,6 +40,25 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert distributed.gather_in_order(t, 5) is t
 
 
+def test_a_rank_leaves_its_process_group_when_the_interpreter_exits(monkeypatch, tmp_path):
+    """setup() registers the teardown with atexit: a gloo rank exiting with its group up can abort (SIGABRT)."""
+    import torch.distributed as dist
+
+    real_init, exits = dist.init_process_group, []
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the group itself is one rank, in this process
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: real_init(
+        backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1))
+    monkeypatch.setattr(distributed.atexit, "register", exits.append)
+    try:
+        assert distributed.setup(threads=0) == (0, 1) and dist.is_initialized()
+        assert len(exits) == 1
+        exits[0]()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 @contextmanager
 def torchrun(*args):
     """``torchrun --standalone --nproc_per_node 2 -m fewshot ARGS`` (CPU: gloo), started, not waited for:
