@@ -1,11 +1,12 @@
 """Shared fixtures: the real data in ../shared/data and seeded synthetic episodes."""
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(__import__("os").environ.get("FEWSHOT_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("FEWSHOT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +105,22 @@ def assert_same_training_outcome(run_a: Path, run_b: Path, result_a: dict, resul
     strip = lambda r: {k: v for k, v in r.items() if k not in RUN_SPECIFIC}  # noqa: E731
     assert strip(result_a) == strip(result_b)
     assert strip(json.loads((run_a / "result.json").read_text())) == strip(result_a)
+
+
+# ---------------------------------------------------------------- running on every core (pytest-xdist)
+
+MAX_WORKERS = 4
+"""``-n auto`` (setup.cfg) starts one worker per CPU core, at most this many: each worker imports torch,
+timm and MLflow, and most tests start processes or torch threads of their own."""
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    """A worker gets its share of the cores for torch's own threads, so two workers do not run twice as
+    many threads as there are cores (a child process a test starts chooses its own)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
