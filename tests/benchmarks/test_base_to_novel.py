@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from click.testing import CliRunner
 
 from episodes import ImageSet
@@ -68,6 +70,15 @@ def test_smoke_writes_its_header_paired_rows_and_run_folders_fewshot_compare_pai
         assert shown.startswith(f"{100 * r['acc']:.2f} +- ")
     a, b = rows[("ProVP-Ref", "novel")], rows[("VGP", "novel")]
     assert a["bank_id"] == b["bank_id"] != rows[("VGP", "base")]["bank_id"]
+    # the paired table of the novel bank: ProVP-Ref's cell against VGP, re-computed here with scipy
+    part = text[text.index("Paired differences on the novel bank"):].splitlines()
+    header = next(ln for ln in part if ln.startswith("| method |"))
+    column = [c.strip() for c in header.strip("|").split("|")].index("vs VGP")
+    cell = [c.strip() for c in next(ln for ln in part if ln.startswith("| ProVP-Ref |")).strip("|").split("|")][column]
+    x, y = np.array(a["episode_accuracies"]), np.array(b["episode_accuracies"])
+    assert cell.startswith(f"{100 * (x - y).mean():+.2f} +- ")
+    if (x != y).any():
+        assert f"t p={stats.ttest_rel(x, y).pvalue:.2g}" in cell
     res = CliRunner().invoke(cli, ["compare", a["run_dir"], b["run_dir"]])
     assert res.exit_code == 0, res.output
     diff = 100 * (sum(a["episode_accuracies"]) - sum(b["episode_accuracies"])) / len(a["episode_accuracies"])
