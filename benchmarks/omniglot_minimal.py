@@ -16,8 +16,10 @@ training alphabets; bank seed ``--val-bank-seed``, other episodes than the ones 
 picked its checkpoint on), and the report's step and lever tables, on which recipes are chosen,
 show only those. The *test* banks (bank seed ``--final-bank-seed``, ``--final-eval-episodes``) are
 scored once, for the plan's ``final`` steps only: the first against each of the others. The
-report says which banks chose and which judged. (``fewshot train`` still scores its own test bank
-at the end of every run; this mode never reads that score.)
+report says which banks chose and which judged; ``--no-final`` trains and scores the validation
+banks only, no test bank read (screening, while the final recipe is still being chosen).
+(``fewshot train`` still scores its own test bank at the end of every run; this mode never reads
+that score.)
 
 Training seeds (``--seeds 0,1,2``): every step is trained once per seed, in
 ``--runs-dir/<name>/seed<k>``; a cell is the mean +- sd over seeds of the per-seed mean accuracy,
@@ -295,7 +297,7 @@ def run_step(step: dict, plan: dict, args, settings: list, seed=None) -> dict:
     tag = "" if seed is None else f"seed{seed}"
     log = Path(args.runs_dir) / f"{step['name']}{'-' + tag if tag else ''}.log"
     val = args.select_on == "val"
-    final_episodes = args.final_eval_episodes or (episodes if val else None)
+    final_episodes = None if args.no_final else args.final_eval_episodes or (episodes if val else None)
     step_options = dict(step.get("options", {}))
 
     def score(run_dir: Path, way: int, shot: int, changes: dict) -> str:
@@ -535,6 +537,8 @@ def main(argv=None) -> int:
                    "table) [default: the plan's select_on, else test]")
     p.add_argument("--val-bank-seed", type=int, default=2, help="bank seed of the validation banks (fewshot train "
                    "picks its checkpoint on bank seed + 1 = 1)")
+    p.add_argument("--no-final", action="store_true", help="train and score the selection banks only, the test "
+                   "banks of the final tables untouched (screening runs while recipes are still being chosen)")
     p.add_argument("--seeds", help="comma-separated training seeds: every step is trained once per seed "
                    "(<runs-dir>/<step>/seed<k>)")
     args = p.parse_args(argv)

@@ -387,3 +387,19 @@ def test_validation_mode_with_seeds_chooses_on_val_banks_and_judges_once_on_test
     assert test_bank not in steps_part
     assert "fewshot train" in text and "--seed 1" in text
     assert len(json.loads((runs / "eval_cache.json").read_text())) == 2 * (2 + 1) + 2 * 2  # val: 3 steps, test: 2
+
+
+def test_no_final_trains_and_validates_without_reading_a_test_bank(tmp_path, monkeypatch):
+    """--no-final (screening while recipes are still chosen): the final step is trained and scored on its
+    validation bank, and no test bank is scored (no fewshot eval, no eval folder, no final table)."""
+    out, runs, plan = tmp_path / "report.md", tmp_path / "runs", tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "select_on": "val", "common": {"way": 5, "shot": 1, "backbone": "conv4"},
+        "steps": [{"name": "a", "what": "base"}, {"name": "b", "vs": "a", "options": {"augment": "affine"}}],
+        "final": ["b", "a"]}))
+    ran = run_script(monkeypatch, "--plan", str(plan), "--runs-dir", str(runs), "--out", str(out),
+                     "--settings", "5w1s", "--smoke", "--no-track", "--final-eval-episodes", "6", "--no-final")
+    assert [c[0] for c in ran] == ["train", "train"]
+    text = out.read_text()
+    assert "## Every step" in text and "| b | a |" in text and "## Final" not in text
+    assert not list(runs.rglob("eval-best-*")) and len(list(runs.rglob("val-best-*"))) == 2
