@@ -20,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 
 
+def split_row(line: str) -> list:
+    """The cells of one Markdown table row ``| a | b |`` -> ``["a", "b"]``, stripped."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 @contextlib.contextmanager
 def script_state():
     """Puts back what a script changes in the process for itself: torch's thread count and ``sys.path``."""

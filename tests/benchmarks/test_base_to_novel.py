@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from episodes import ImageSet
 
-from .conftest import call_main, load_script
+from .conftest import call_main, load_script, split_row
 
 b2n = load_script("base_to_novel")
 
@@ -65,7 +65,7 @@ def test_smoke_writes_its_header_paired_rows_and_run_folders_fewshot_compare_pai
         accs = r["episode_accuracies"]
         assert r["acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-6)
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {method} |"))
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = split_row(line)
         shown = cells[1] if split == "base" else cells[2]
         assert shown.startswith(f"{100 * r['acc']:.2f} +- ")
     a, b = rows[("ProVP-Ref", "novel")], rows[("VGP", "novel")]
@@ -73,8 +73,7 @@ def test_smoke_writes_its_header_paired_rows_and_run_folders_fewshot_compare_pai
     # the paired table of the novel bank: ProVP-Ref's cell against VGP, re-computed here with scipy
     part = text[text.index("Paired differences on the novel bank"):].splitlines()
     header = next(ln for ln in part if ln.startswith("| method |"))
-    column = [c.strip() for c in header.strip("|").split("|")].index("vs VGP")
-    cell = [c.strip() for c in next(ln for ln in part if ln.startswith("| ProVP-Ref |")).strip("|").split("|")][column]
+    cell = split_row(next(ln for ln in part if ln.startswith("| ProVP-Ref |")))[split_row(header).index("vs VGP")]
     x, y = np.array(a["episode_accuracies"]), np.array(b["episode_accuracies"])
     assert cell.startswith(f"{100 * (x - y).mean():+.2f} +- ")
     if (x != y).any():

@@ -36,7 +36,8 @@ from typing import List, Optional
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import ROOT, split_row
+
 READMES = {ROOT / "README.md": ROOT, ROOT / "benchmarks" / "README.md": ROOT / "benchmarks"}
 
 PATH = re.compile(r"(?:benchmarks/)?results/[\w./-]*")
@@ -168,10 +169,6 @@ class Record:
     header: Optional[tuple] = None
     cells: Optional[dict] = None
     key: set = field(default_factory=set)   # the row's words alone
-
-
-def split_row(line: str) -> list:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
 def fixed_width(line: str) -> list:
