@@ -457,10 +457,13 @@ def _describe_components(kind: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(table, indent=2, default=str))
         return
+    options = [o for entry in table.values() for o in entry["options"]]
+    widths = [max([n] + [len(str(o[key])) for o in options]) for key, n in (("name", 15), ("type", 22), ("default", 10))]
     for name, entry in table.items():
         click.echo(f"{name}: {entry['doc']}")
         for o in entry["options"]:
-            click.echo(f"    {o['name']:<15} {o['type']:<22} {str(o['default']):<10} {o['help']}".rstrip())
+            cells = (f"{str(o[key]):<{w}}" for key, w in zip(("name", "type", "default"), widths))
+            click.echo(f"    {' '.join(cells)} {o['help']}".rstrip())
     click.echo(f"\nSet an option with --{kind}-opt NAME=VALUE (repeatable) or a {kind}_opts: mapping in --config.")
 
 

@@ -7,10 +7,12 @@ descriptors among all nodes of that class's support images, and the similarities
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .base import Matcher, register_matcher
 from .class_topk import ClassTopKSum, class_minor, class_topk_scores
@@ -39,8 +41,11 @@ class DN4Matcher(Matcher):
     Args:
         k: neighbours per query node within each class (DN4 uses 3); at most the smallest class's
             node count ``shot*N``.
-        temperature: logits are divided by it.
+        temperature: logits are divided by it (its initial value when ``learn_temperature``).
         reduce: ``"sum"`` over query nodes (the paper) or ``"mean"``.
+        learn_temperature: train the temperature with the model (a parameter ``log_temperature``,
+            its logarithm, so it stays positive), as the learned scale of metric-based few-shot
+            methods; off by default (the paper's fixed measure).
 
     Example:
         >>> m = DN4Matcher(k=3)
@@ -52,7 +57,7 @@ class DN4Matcher(Matcher):
     input = "nodes"
     accepts = (3,)
 
-    def __init__(self, k: int = 3, temperature: float = 1.0, reduce: str = "sum"):
+    def __init__(self, k: int = 3, temperature: float = 1.0, reduce: str = "sum", learn_temperature: bool = False):
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -61,6 +66,9 @@ class DN4Matcher(Matcher):
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
         self.k, self.temperature, self.reduce = k, float(temperature), reduce
+        self.learn_temperature = bool(learn_temperature)
+        if self.learn_temperature:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(self.temperature)))
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """support ``[S, N, D]``, support_labels ``[S]``, query ``[Q, M, D]`` -> logits ``[Q, way]``."""
@@ -119,6 +127,8 @@ class DN4Matcher(Matcher):
     def _logits(self, scores: torch.Tensor, nodes: int) -> torch.Tensor:
         if self.reduce == "mean":
             scores = scores / nodes
+        if self.learn_temperature:
+            return scores / self.log_temperature.exp()
         return scores / self.temperature
 
     def _padded_scores(self, query, support, index):

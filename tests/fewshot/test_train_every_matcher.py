@@ -5,6 +5,7 @@ loader stays out of the user's terminal."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 import matchers
 from fewshot.config import Config, ConfigError
+from fewshot.evaluate_run import load_run_config
 from fewshot.model import build_model
 from fewshot.training import train
 
@@ -78,3 +80,15 @@ def test_faiss_loader_lines_stay_out_of_the_terminal(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "training objective: cross-entropy of soft-neighbour" in out.stderr  # the CLI's INFO lines do show
     assert "faiss" not in out.stderr.lower() and "swigfaiss" not in out.stdout, out.stderr
+
+
+def test_dn4_learned_temperature_trains_and_is_saved_with_the_model(tmp_path):
+    """``--matcher-opt learn_temperature=true``: the temperature is a model parameter, so training moves it, the
+    checkpoint holds it, and a model built from the saved config loads it back and scores with it."""
+    config = tiny("dn4", tmp_path / "run", matcher_opts={"learn_temperature": True, "temperature": 2.0}, lr=0.05)
+    train(config, progress=False)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert saved["matcher.log_temperature"].item() != pytest.approx(math.log(2.0), abs=1e-4)
+    model = build_model(load_run_config(tmp_path / "run"), 28, 1)
+    model.load_state_dict(saved)  # strict: the rebuilt matcher has the parameter
+    assert model.matcher.log_temperature.item() == saved["matcher.log_temperature"].item()

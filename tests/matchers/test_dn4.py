@@ -1,4 +1,6 @@
 """DN4's image-to-class measure against a loop written from the paper's definition."""
+import math
+
 import pytest
 import torch
 
@@ -171,3 +173,26 @@ def test_bank_scorer_refuses_mismatched_indices_with_the_shapes():
     with pytest.raises(ValueError, match="use k <= 5"):
         DN4Matcher(k=6).bank_scorer(torch.randn(10, 5, 4))(torch.zeros(1, 3, dtype=torch.long),
                                                            torch.zeros(1, 2, dtype=torch.long), 3)
+
+
+def test_learned_temperature_starts_at_the_given_one_and_gets_the_analytic_gradient():
+    support, labels, query = episode()
+    ref = dn4_reference(support, labels, query, 3)
+    matcher = DN4Matcher(k=3, temperature=0.5, learn_temperature=True).double()
+    logits = matcher(support, labels, query)
+    assert torch.allclose(logits, ref / 0.5, atol=1e-9)
+    logits.sum().backward()  # d/d(log t) of s / exp(log t) is -s / t
+    assert torch.allclose(matcher.log_temperature.grad, -(ref / 0.5).sum(), atol=1e-9)
+    with torch.no_grad():
+        matcher.log_temperature.fill_(math.log(4.0))
+    assert torch.allclose(matcher(support, labels, query), ref / 4.0, atol=1e-9)
+    # the bank scorer divides by the learned value too (its images share one node count; support grouped by class)
+    query = query[:, :support.shape[1]]
+    nodes, order = torch.cat([support, query]), torch.argsort(labels, stable=True)
+    got = matcher.bank_scorer(nodes)(order[None], len(support) + torch.arange(len(query))[None], 3)
+    assert torch.allclose(got[0], dn4_reference(support, labels, query, 3) / 4.0, atol=1e-9)
+
+
+def test_a_fixed_temperature_adds_no_parameter():
+    assert list(DN4Matcher(temperature=0.5).state_dict()) == []
+    assert list(DN4Matcher(learn_temperature=True).state_dict()) == ["log_temperature"]
