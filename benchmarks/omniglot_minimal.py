@@ -79,11 +79,18 @@ def _setting(text: str) -> tuple:
 
 
 def _flags(options: dict) -> list:
+    """A plan's options (Config's names) as ``fewshot train`` flags: ``True`` / ``False`` -> ``--x`` / ``--no-x``,
+    a component's mapping ``matcher_opts: {k: 5, learn_temperature: true}`` -> ``--matcher-opt k=5
+    --matcher-opt learn_temperature=true``, ``None`` left out."""
     out = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, dict) and name.endswith("_opts"):
+            text = {True: "true", False: "false"}
+            out += [part for key, v in value.items()
+                    for part in (flag[:-1], f"{key}={text[v] if isinstance(v, bool) else v}")]
         elif value is not None:
             out += [flag, str(value)]
     return out

@@ -325,7 +325,10 @@ class TestPlans:
                     == ("affine", 10, 2000, 20, 5), name
         queries = {name: merge(Config(), {**plan["common"], **s.get("options", {})}).train_query
                    for name, s in steps.items() if not s.get("eval_of")}
-        assert queries == {"vig": 5, "vig-q15": 15, "vig-grid": 5, "vig-self": 5, "conv4-proto": 15, "conv64f-dn4": 15}
+        assert queries == {"vig": 5, "vig-q15": 15, "vig-grid": 5, "vig-self": 5, "conv4-proto": 15, "conv64f-dn4": 15,
+                           "vig-q15-lt": 15, "conv64f-dn4-lt": 15}
+        for lever, base in (("vig-q15-lt", "vig-q15"), ("conv64f-dn4-lt", "conv64f-dn4")):  # one change each
+            assert steps[lever]["options"] == {**steps[base]["options"], "matcher_opts": {"learn_temperature": True}}
         assert (steps["conv64f-dn4"]["options"], steps["conv4-proto"]["options"]) == \
             ({"backbone": "conv64f", "matcher": "dn4"}, {"backbone": "conv4", "matcher": "prototype"})
 
@@ -403,3 +406,17 @@ def test_no_final_trains_and_validates_without_reading_a_test_bank(tmp_path, mon
     text = out.read_text()
     assert "## Every step" in text and "| b | a |" in text and "## Final" not in text
     assert not list(runs.rglob("eval-best-*")) and len(list(runs.rglob("val-best-*"))) == 2
+
+
+def test_plan_options_become_the_flags_fewshot_train_reads():
+    from fewshot.config import Config, merge
+    from fewshot.cli import build_config, train
+    options = {"backbone": "conv64f", "augment": "affine", "cache": False, "episode_groups": None,
+               "matcher": "dn4", "matcher_opts": {"k": 5, "learn_temperature": True}}
+    flags = script()._flags(options)
+    assert flags == ["--backbone", "conv64f", "--augment", "affine", "--no-cache", "--matcher", "dn4",
+                     "--matcher-opt", "k=5", "--matcher-opt", "learn_temperature=true"]
+    params = train.make_context("train", list(flags)).params  # what `fewshot train <flags>` parses
+    read = {k: v for k, v in params.items() if k not in ("config_file", "as_json", "resume", "progress")}
+    given = {k: v for k, v in options.items() if v is not None}
+    assert build_config(None, read) == merge(Config(), given)  # the plan's settings, read back by the CLI
