@@ -167,9 +167,9 @@ def _component_settings(kind: str) -> dict:
 def build_config(config_file, options: dict, base: Config | None = None) -> Config:
     """Config defaults (or ``base``, a trained run's config) < YAML file < options given on the command line.
 
-    Option mappings (``matcher_opts``, ``prompt_opts``) merge key by key. When the YAML file or the
-    command line names another matcher or prompt than ``base``, ``base``'s settings of the old one
-    are dropped (they belong to it)."""
+    Option mappings (``backbone_opts``, ``matcher_opts``, ``prompt_opts``) merge key by key. When the YAML
+    file or the command line names another backbone, matcher or prompt than ``base``, ``base``'s settings
+    of the old one are dropped (they belong to it)."""
     changes = {str(k).replace("-", "_"): v for k, v in (load_yaml(config_file) if config_file else {}).items()}
     for name, value in options.items():
         if value is None:
@@ -180,6 +180,10 @@ def build_config(config_file, options: dict, base: Config | None = None) -> Conf
     if base is None:
         return merge(Config(), changes)
     settings = base.to_dict()
+    if "backbone" in changes and changes["backbone"] != settings["backbone"]:
+        settings["backbone_opts"] = {}  # they were the old backbone's arguments
+    elif isinstance(changes.get("backbone_opts"), dict):
+        changes["backbone_opts"] = {**settings["backbone_opts"], **changes["backbone_opts"]}
     for kind in COMPONENTS:
         opts = f"{kind}_opts"
         if kind in changes and changes[kind] != settings[kind]:

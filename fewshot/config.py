@@ -20,6 +20,9 @@ __all__ = ["Config", "ConfigError", "OptionMap", "load_yaml", "merge", "setting"
            "legacy_settings"]
 
 
+BACKBONE_FIXED = frozenset({"img_size", "in_chans", "num_classes", "pretrained"})
+"""Backbone constructor arguments that ``backbone_opts`` cannot set: the data and the model fix them."""
+
 BOOKKEEPING = frozenset({"run_dir", "experiment", "tracking_uri", "track", "threads", "device", "cache"})
 """Config fields that do not change results (left out of the digest and of resume checks)."""
 
@@ -74,7 +77,7 @@ def setting(default: Any, help: str, *, train_only: bool = False, choices: Union
         path: ``"file"``, ``"dir"`` or ``"any"``: the option takes a path.
         shorthand: ``(component, option)``: the field is a shorthand for ``--<component>-opt option=...``
             (e.g. ``metric`` for the matcher's ``metric``).
-        options_of: ``"matcher"`` / ``"prompt"``: the field holds that component's options
+        options_of: ``"matcher"`` / ``"prompt"`` / ``"backbone"``: the field holds that component's options
             (``--matcher-opt NAME=VALUE``, repeatable).
     """
     meta = {"help": help, "train_only": train_only, "choices": choices, "path": path, "shorthand": shorthand,
@@ -122,6 +125,10 @@ class Config:
                                       f"{METHOD['backbone']} with --matcher {METHOD['matcher']} and --augment "
                                       f"{METHOD['augment']}; a named backbone defaults to the prototype matcher, no "
                                       "augmentation].")
+    backbone_opts: OptionMap = setting(OptionMap(), "An argument of the backbone's constructor as NAME=VALUE, repeatable "
+                                       "(e.g. num_knn=5 or drop_path_rate=0.1 for a ViG; VALUE read as a YAML "
+                                       "scalar). Stored with the run, so eval and predict rebuild the same backbone.",
+                                       options_of="backbone")
     node_filter: str = setting("none", "Nodes kept in the ViG's graph and pooling: none (all), ink (drop blank "
                                "background patches, read from the image).", choices=("none", "ink"))
     support_views: int = setting(0, "Extra embeddings of every support image with random node subsets deleted "
@@ -197,6 +204,7 @@ class Config:
         self._resolve_method()
         for kind in COMPONENTS:
             self._normalise_options(kind)
+        self._normalise_backbone_options()
         positive = ("way", "shot", "query", "episodes", "eval_episodes", "checkpoint_every", "val_every")
         for name in positive:
             v = getattr(self, name)
@@ -304,6 +312,26 @@ class Config:
         if self.adapt_lr != Config.adapt_lr:
             raise ConfigError("a meta-learned prompt adapts with the learning rate it was meta-trained for: "
                               "set --inner-lr, not --adapt-lr")
+
+    def _normalise_backbone_options(self) -> None:
+        """``backbone_opts`` checked as a component's options are, a string value read as a YAML scalar
+        (``"5"`` -> 5, ``"0.1"`` -> 0.1, ``"true"`` -> True), the arguments the data fixes refused."""
+        self._normalise_options("backbone")
+        fixed = sorted(set(self.backbone_opts) & BACKBONE_FIXED)
+        if fixed:
+            raise ConfigError(f"backbone_opts: {', '.join(fixed)} cannot be set as a backbone option (the images "
+                              "fix img_size and in_chans, the matcher num_classes; use --img-size for the size)")
+        values = {}
+        for name, value in self.backbone_opts.items():
+            if isinstance(value, str):
+                try:
+                    value = yaml.safe_load(value) if value.strip() else value
+                except yaml.YAMLError:
+                    pass
+                if not isinstance(value, (bool, int, float, str)) and value is not None:
+                    value = self.backbone_opts[name]  # a list or mapping in YAML syntax stays the text given
+            values[name] = value
+        object.__setattr__(self, "backbone_opts", OptionMap(values))
 
     def _normalise_options(self, kind: str) -> None:
         name = f"{kind}_opts"

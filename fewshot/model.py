@@ -137,12 +137,32 @@ def episode_img_size(config) -> Optional[int]:
     return size
 
 
+def create_backbone(name: str, options: dict, img_size: int, in_chans: int) -> nn.Module:
+    """``models.create_backbone(name, img_size=..., in_chans=..., **options)``, an argument the
+    backbone does not take or refuses (``--backbone-opt``) given as a ``ConfigError`` naming it."""
+    from .config import ConfigError
+
+    try:
+        return models.create_backbone(name, img_size=img_size, in_chans=in_chans, **options)
+    except TypeError as e:
+        unknown = [k for k in options if repr(k) in str(e)]
+        if not options or not unknown:
+            raise
+        raise ConfigError(f"--backbone-opt {unknown[0]}: backbone {name!r} takes no argument {unknown[0]!r} "
+                          f"({e})") from None
+    except ValueError as e:
+        if not options:
+            raise
+        given = " ".join(f"--backbone-opt {k}={v}" for k, v in options.items())
+        raise ConfigError(f"backbone {name!r} with {given}: {e}") from None
+
+
 def build_model(config, img_size: int, in_chans: int, backbone: Optional[nn.Module] = None) -> nn.Module:
     """Backbone (``config.backbone``; ``backbone`` when given, e.g. shipped weights) + matcher,
     freshly initialised: an :class:`EpisodicModel`, or, when ``config.prompted``, a
     ``fewshot.prompting.PromptedModel`` (frozen backbone, loaded from ``--backbone-from`` when given, plus the prompt)."""
     if backbone is None:
-        backbone = models.create_backbone(config.backbone, img_size=img_size, in_chans=in_chans)
+        backbone = create_backbone(config.backbone, dict(config.backbone_opts), img_size, in_chans)
     if getattr(backbone, "memory_format", None) is not None:  # e.g. Conv-4: channels-last is faster on CPU
         backbone = backbone.to(memory_format=backbone.memory_format)
     matcher = matchers.create(config.matcher, **config.component_options("matcher"))

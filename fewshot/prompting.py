@@ -30,7 +30,8 @@ from .adaptation import create_adaptation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PromptedModel", "augment", "freeze", "load_backbone", "backbone_source", "build_prompted_model"]
+__all__ = ["PromptedModel", "augment", "freeze", "load_backbone", "backbone_source", "check_backbone_options",
+           "build_prompted_model"]
 
 
 class PromptedModel(nn.Module):
@@ -161,9 +162,9 @@ def load_backbone(backbone: nn.Module, path) -> nn.Module:
     return backbone
 
 
-def backbone_source(path) -> Optional[str]:
-    """The dataset of the fewshot run a ``--backbone-from`` file belongs to (its ``config.yaml`` beside
-    it, as in ``runs/<run>/best.pt``); None for a file without one (e.g. the authors' checkpoint)."""
+def _saved_run_config(path) -> Optional[dict]:
+    """The ``config.yaml`` beside a ``--backbone-from`` file (a fewshot run's, as in ``runs/<run>/best.pt``);
+    None for a file without a readable one (e.g. the authors' checkpoint)."""
     import yaml
 
     cfg = Path(path).expanduser().with_name("config.yaml")
@@ -171,7 +172,27 @@ def backbone_source(path) -> Optional[str]:
         saved = yaml.safe_load(cfg.read_text()) if cfg.is_file() else None
     except (OSError, yaml.YAMLError):
         return None
-    return saved.get("dataset") if isinstance(saved, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
+def backbone_source(path) -> Optional[str]:
+    """The dataset of the fewshot run a ``--backbone-from`` file belongs to; None for a file that is not a run's."""
+    return (_saved_run_config(path) or {}).get("dataset")
+
+
+def check_backbone_options(path, options: dict) -> None:
+    """Refuse to load a run's backbone into one built with other ``--backbone-opt`` arguments: the weights
+    may fit (e.g. ``num_knn`` has none) while the network differs from the one trained. ``ConfigError``
+    naming both sets; a file that is not a run's is not checked."""
+    from .config import ConfigError
+
+    saved = _saved_run_config(path)
+    trained = dict((saved or {}).get("backbone_opts") or {})
+    if saved is not None and trained != dict(options):
+        def flags(opts):
+            return " ".join(f"--backbone-opt {k}={v}" for k, v in sorted(opts.items())) or "no --backbone-opt"
+        raise ConfigError(f"{path}: the backbone was trained with {flags(trained)}; give the same to load it "
+                          f"(given: {flags(dict(options))})")
 
 
 def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> PromptedModel:
@@ -179,6 +200,7 @@ def build_prompted_model(config, backbone: nn.Module, matcher: nn.Module) -> Pro
     from .config import ConfigError
 
     if config.backbone_from:
+        check_backbone_options(config.backbone_from, config.backbone_opts)
         load_backbone(backbone, config.backbone_from)
         source = backbone_source(config.backbone_from)
         if source is not None and source != config.dataset:

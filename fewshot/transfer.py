@@ -277,12 +277,13 @@ def build_transfer_model(config: TransferConfig, img_size: int, in_chans: int, n
     import prompts
     from registry import convert_options
 
-    from .prompting import load_backbone
+    from .prompting import check_backbone_options, load_backbone
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         backbone = models.create_backbone(config.backbone, img_size=img_size, in_chans=in_chans)
         if config.backbone_from:
+            check_backbone_options(config.backbone_from, {})  # fewshot transfer builds the backbone's defaults
             load_backbone(backbone, config.backbone_from)
         else:
             log.warning("--backbone %s is randomly initialised (no --backbone-from): %s adapts an untrained "
