@@ -326,9 +326,11 @@ class TestPlans:
         queries = {name: merge(Config(), {**plan["common"], **s.get("options", {})}).train_query
                    for name, s in steps.items() if not s.get("eval_of")}
         assert queries == {"vig": 5, "vig-q15": 15, "vig-grid": 5, "vig-self": 5, "conv4-proto": 15, "conv64f-dn4": 15,
-                           "vig-q15-lt": 15, "conv64f-dn4-lt": 15}
+                           "vig-q15-lt": 15, "conv64f-dn4-lt": 15, "vig-q15-dp": 15}
         for lever, base in (("vig-q15-lt", "vig-q15"), ("conv64f-dn4-lt", "conv64f-dn4")):  # one change each
             assert steps[lever]["options"] == {**steps[base]["options"], "matcher_opts": {"learn_temperature": True}}
+        assert steps["vig-q15-dp"]["options"] == {**steps["vig-q15"]["options"],
+                                                  "backbone_opts": {"drop_path_rate": 0.1}}
         assert (steps["conv64f-dn4"]["options"], steps["conv4-proto"]["options"]) == \
             ({"backbone": "conv64f", "matcher": "dn4"}, {"backbone": "conv4", "matcher": "prototype"})
 
