@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     model = EpisodicModel(create_backbone("vig_small_c4_28", img_size=28, in_chans=1), DN4Matcher(k=args.k)).eval()
     ids = torch.unique(torch.cat([bank.support.flatten(), bank.query.flatten()]))
     timer = Timer()
-    feats = timer("embed", lambda: _embed_all(model, images, ids, torch.device("cpu"), 256, False))
+    feats = timer("embed", lambda: _embed_all(model, images.images, ids, torch.device("cpu"), 256, False))
     where = torch.full((len(images),), -1, dtype=torch.long)
     where[ids] = torch.arange(ids.numel())
     support_rows, query_rows = where[bank.support], where[bank.query]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AffinePolicy", "ElasticPolicy", "AUGMENT_POLICIES", "create_augment", "list_augments", "affine_matrices",
+           "augmented_copies", "image_seed",
            "elastic_field"]
 
 
@@ -119,6 +121,32 @@ def _resample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 AUGMENT_POLICIES = {"none": None, "affine": AffinePolicy(), "elastic": ElasticPolicy()}
+
+
+def image_seed(image: torch.Tensor) -> int:
+    """A seed read from one image's bytes (CRC-32): the same image gives the same seed wherever it is drawn."""
+    return zlib.crc32(image.detach().cpu().contiguous().numpy().tobytes())
+
+
+def augmented_copies(images: torch.Tensor, copies: int, policy: Optional[AffinePolicy] = None) -> torch.Tensor:
+    """``copies`` random affine versions of every image, each image's drawn from a generator seeded by its
+    own bytes (:func:`image_seed`), so an image gets the same copies in every episode, batch and order.
+
+    Args:
+        images: uint8 ``[B, C, H, W]``.
+        copies: ``V >= 1``.
+        policy: the maps drawn (default the ``affine`` policy).
+    Returns:
+        uint8 ``[V * B, C, H, W]``, copy-major: row ``v * B + i`` is copy ``v`` of image ``i``.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(f"augmented_copies takes uint8 images [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
+    policy = policy or AUGMENT_POLICIES["affine"]
+    theta = torch.stack([affine_matrices(copies, torch.Generator().manual_seed(image_seed(img)), policy.rotate,
+                                         policy.shift, policy.scale, policy.shear) for img in images])  # [B, V, 2, 3]
+    repeated = images.repeat(copies, 1, 1, 1)
+    grid = F.affine_grid(theta.transpose(0, 1).reshape(-1, 2, 3).float(), list(repeated.shape), align_corners=False)
+    return _resample(repeated, grid)
 """Named policies accepted by ``--augment``."""
 
 

@@ -263,8 +263,9 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
             return scorer.embed(images.to(device), **kwargs).float()
 
     def _embed_support(self, scorer, images: torch.Tensor, labels: torch.Tensor) -> tuple:
-        """``(support [S', ...], support_labels [S'])``: the support embeddings, with the masked views of
-        an EpisodicModel with ``support_views`` appended as its ``forward`` does (S' = S * (views + 1))."""
+        """``(support [S', ...], support_labels [S'])``: the support embeddings, with the masked views and the
+        augmented copies of an EpisodicModel with ``support_views`` / ``support_augment`` appended as its
+        ``forward`` does (S' = S * (views + 1 + copies))."""
         b = self._batch()
         feats = [self._embed(scorer, images[i:i + b]) for i in range(0, len(images), b)]
         views = getattr(scorer, "support_views", 0)
@@ -274,6 +275,10 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
             repeated = images.repeat(views, 1, 1, 1)
             feats += [self._embed(scorer, repeated[i:i + b], node_mask=masks[i:i + b]) for i in range(0, len(repeated), b)]
             labels = labels.repeat(views + 1)
+        copies = scorer.support_copies(images) if hasattr(scorer, "support_copies") else None
+        if copies is not None:  # eval mode: the support_augment copies, as forward appends them
+            feats += [self._embed(scorer, copies[i:i + b]) for i in range(0, len(copies), b)]
+            labels = torch.cat([labels, labels[:len(images)].repeat(scorer.support_augment)])
         return torch.cat(feats), labels.to(self._device())
 
     def _logits(self, query: torch.Tensor) -> torch.Tensor:
@@ -342,7 +347,8 @@ def _with_matcher(model: nn.Module, matcher: nn.Module) -> nn.Module:
 
     if type(model) is EpisodicModel:
         return EpisodicModel(model.backbone, matcher, node_filter=model.node_filter,
-                             support_views=model.support_views, view_keep=model.view_keep)
+                             support_views=model.support_views, view_keep=model.view_keep,
+                             support_augment=model.support_augment)
     if getattr(matcher, "input", "pooled") != "pooled":
         raise ValueError(f"{type(model).__name__} scores pooled embeddings: use a pooled matcher "
                          f"(prototype, knn), not {getattr(matcher, 'registry_name', type(matcher).__name__)!r}")

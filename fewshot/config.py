@@ -134,6 +134,8 @@ class Config:
     support_views: int = setting(0, "Extra embeddings of every support image with random node subsets deleted "
                                  "(a ViG with a pooled matcher); 0: off.")
     view_keep: float = setting(0.75, "Fraction of nodes each support view keeps.")
+    support_augment: int = setting(0, "Scoring: N affine copies of every support image join its class's support "
+                                   "set (the same copies for the same image; training episodes unchanged); 0: off.")
     matcher: Optional[str] = setting(None, "How queries are scored (`fewshot matchers` lists them and their options) "
                                      f"[default: {METHOD['matcher']} for the default backbone, else prototype].",
                            choices="matchers:list_matchers")
@@ -241,6 +243,11 @@ class Config:
             object.__setattr__(self, f"{kind}_opts", OptionMap(self._resolve_options(kind)[1]))
         if isinstance(self.support_views, bool) or not isinstance(self.support_views, int) or self.support_views < 0:
             raise ConfigError(f"support_views must be an integer >= 0, got {self.support_views!r}")
+        if isinstance(self.support_augment, bool) or not isinstance(self.support_augment, int) \
+                or self.support_augment < 0:
+            raise ConfigError(f"support_augment must be an integer >= 0, got {self.support_augment!r}")
+        if self.support_augment and self.prompted:
+            raise ConfigError("--support-augment applies to a plain episodic model, not a prompted one")
         if not 0 < self.view_keep <= 1:
             raise ConfigError(f"view_keep must be in (0, 1], got {self.view_keep!r}")
         if self.support_views and self.prompted:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from episodes import EpisodeBank, ImageSet
+from episodes.augment import augmented_copies
 
 from .distributed import gather_in_order, shard
 
@@ -70,10 +71,11 @@ def autocast_for(device: torch.device):
 
 
 @torch.inference_mode()
-def _embed_all(model, images: ImageSet, idx: torch.Tensor, device, batch_size: int, progress: bool) -> torch.Tensor:
+def _embed_all(model, images: torch.Tensor, idx: torch.Tensor, device, batch_size: int, progress: bool) -> torch.Tensor:
+    """``model.embed`` of the uint8 ``images[idx]`` in batches -> float32 ``[len(idx), ...]``."""
     out = []
     for start in tqdm(range(0, idx.numel(), batch_size), desc="embed", disable=not progress, leave=False):
-        batch = images.images[idx[start:start + batch_size]].to(device)
+        batch = images[idx[start:start + batch_size]].to(device)
         with autocast_for(device):
             out.append(model.embed(batch).float())
     return torch.cat(out)
@@ -83,13 +85,38 @@ _BANK_GROUP = 50
 """Episodes per call of a matcher's bank scorer (the progress bar's step)."""
 
 
-def _score_bank(score, bank: EpisodeBank, mine: range, where: torch.Tensor, device, progress: bool) -> torch.Tensor:
+def _support_copies(model, images: ImageSet, bank: EpisodeBank, episodes: slice, feats: torch.Tensor,
+                    where: torch.Tensor, device, batch_size: int, progress: bool):
+    """``(feats, support_rows)``: ``feats`` with the embedded ``support_augment`` copies of every support image
+    of ``episodes`` appended (none without them), and ``support_rows(support [E, way*shot], way) -> [E, way*S']``
+    mapping a bank's support indices (grouped by class) to rows of it, each class's copies after its shots."""
+    copies = int(getattr(model, "support_augment", 0) or 0)
+    if not copies:
+        return feats, lambda support, way: where[support]
+    ids = torch.unique(bank.support[episodes].flatten())
+    augmented = augmented_copies(images.images[ids], copies)  # [V * n, C, H, W], copy-major
+    extra = [_embed_all(model, augmented, torch.arange(len(augmented)), device, batch_size, progress)]
+    row = torch.full((len(images),), -1, dtype=torch.long)
+    row[ids] = torch.arange(ids.numel())
+    row, base, n = row.to(device), len(feats), ids.numel()
+
+    def support_rows(support: torch.Tensor, way: int) -> torch.Tensor:
+        e = support.shape[0]
+        parts = [where[support]] + [base + v * n + row[support] for v in range(copies)]
+        return torch.cat([p.view(e, way, -1) for p in parts], dim=-1).flatten(1)
+    return torch.cat([feats] + extra), support_rows
+
+
+def _score_bank(score, bank: EpisodeBank, mine: range, where: torch.Tensor, support_rows, device,
+                progress: bool) -> torch.Tensor:
     """Per-episode accuracies ``[len(mine)]`` from ``score(support [E, S], query [E, Q], way) -> [E, Q, way]``,
-    the bank's image indices mapped to rows of the embedded features by ``where``."""
+    the bank's query indices mapped to rows of the embedded features by ``where``, its support by
+    ``support_rows`` (:func:`_support_copies`)."""
     accs = [torch.empty(0)]
     for start in tqdm(range(mine.start, mine.stop, _BANK_GROUP), desc="evaluate", disable=not progress, leave=False):
         group = slice(start, min(start + _BANK_GROUP, mine.stop))
-        logits = score(where[bank.support[group].to(device)], where[bank.query[group].to(device)], bank.way)
+        logits = score(support_rows(bank.support[group].to(device), bank.way), where[bank.query[group].to(device)],
+                       bank.way)
         query_labels = bank[group.start].query_labels.to(device)  # the same in every episode of a bank
         accs.append((logits.argmax(-1) == query_labels).float().mean(-1).cpu())
     return torch.cat(accs)
@@ -116,13 +143,14 @@ def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | 
         if not per_episode:
             sl = slice(mine.start, mine.stop)
             ids = torch.unique(torch.cat([bank.support[sl].flatten(), bank.query[sl].flatten()]))
-            feats = _embed_all(model, images, ids, device, batch_size, progress)
+            feats = _embed_all(model, images.images, ids, device, batch_size, progress)
             where = torch.full((len(images),), -1, dtype=torch.long)
             where[ids] = torch.arange(ids.numel())
             where = where.to(device)
+            feats, support_rows = _support_copies(model, images, bank, sl, feats, where, device, batch_size, progress)
         scorer = None if per_episode else getattr(model.matcher, "bank_scorer", None)
         if scorer is not None:  # the matcher scores groups of episodes by index into feats (DN4)
-            accs = _score_bank(scorer(feats), bank, mine, where, device, progress)
+            accs = _score_bank(scorer(feats), bank, mine, where, support_rows, device, progress)
         else:
             for k, i in enumerate(tqdm(mine, desc="evaluate", disable=not progress, leave=False)):
                 ep = bank[i]
@@ -133,8 +161,9 @@ def evaluate(model, images: ImageSet, bank: EpisodeBank, device: torch.device | 
                         logits = model(images.images[ep.support].to(device), s_lab,
                                        images.images[ep.query].to(device))
                 else:
-                    logits = model.matcher(feats[where[ep.support.to(device)]], s_lab,
-                                           feats[where[ep.query.to(device)]])
+                    rows = support_rows(ep.support[None].to(device), bank.way)[0]
+                    s_lab = torch.arange(bank.way, device=device).repeat_interleave(rows.numel() // bank.way)
+                    logits = model.matcher(feats[rows], s_lab, feats[where[ep.query.to(device)]])
                 accs[k] = (logits.argmax(-1) == q_lab).float().mean().cpu()
     finally:
         model.train(was_training)

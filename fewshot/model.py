@@ -14,6 +14,7 @@ from torch import nn
 import matchers
 import models
 from episodes import to_input
+from episodes.augment import augmented_copies
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,13 @@ class EpisodicModel(nn.Module):
             ``view_keep`` of its nodes deleted from graph and pooling (the same subsets for the same
             episode), scored as extra support items of the image's class. Needs a pooled matcher.
         view_keep: fraction of nodes a view keeps (at least one).
+        support_augment: ``V`` affine copies of every support image (:func:`episodes.augment.augmented_copies`,
+            the same copies for the same image) join its class's support set when the model is scored
+            (``eval()`` mode; training episodes are left as they are). Any backbone and matcher.
     """
 
     def __init__(self, backbone: nn.Module, matcher: matchers.Matcher, node_filter: str = "none",
-                 support_views: int = 0, view_keep: float = 0.75):
+                 support_views: int = 0, view_keep: float = 0.75, support_augment: int = 0):
         super().__init__()
         if node_filter not in ("none", "ink"):
             raise ValueError(f"node_filter must be 'none' or 'ink', got {node_filter!r}")
@@ -52,8 +56,11 @@ class EpisodicModel(nn.Module):
             raise ValueError(f"support_views must be an integer >= 0, got {support_views!r}")
         if not 0 < view_keep <= 1:
             raise ValueError(f"view_keep must be in (0, 1], got {view_keep!r}")
+        if isinstance(support_augment, bool) or not isinstance(support_augment, int) or support_augment < 0:
+            raise ValueError(f"support_augment must be an integer >= 0, got {support_augment!r}")
         self.backbone, self.matcher, self.node_filter = backbone, matcher, node_filter
         self.support_views, self.view_keep = support_views, float(view_keep)
+        self.support_augment = support_augment
 
     @property
     def episode_independent(self) -> bool:
@@ -92,6 +99,13 @@ class EpisodicModel(nn.Module):
         mask = torch.zeros(self.support_views * count, n, dtype=torch.bool)
         return mask.scatter_(1, order[:, :keep], True).to(device)
 
+    def support_copies(self, support_images: torch.Tensor) -> Optional[torch.Tensor]:
+        """uint8 ``[V * S, C, H, W]``, copy-major: the ``support_augment`` copies of every support image when
+        the model is scored (``eval()`` mode); None in training or with ``support_augment=0``."""
+        if not self.support_augment or self.training:
+            return None
+        return augmented_copies(support_images, self.support_augment)
+
     def forward(self, support_images: torch.Tensor, support_labels: torch.Tensor,
                 query_images: torch.Tensor) -> torch.Tensor:
         """support_images ``[S, C, H, W]``, support_labels ``[S]``, query_images ``[Q, C, H, W]`` -> logits ``[Q, way]``."""
@@ -102,6 +116,10 @@ class EpisodicModel(nn.Module):
             views = self.embed(support_images.repeat(self.support_views, 1, 1, 1),
                                node_mask=self.view_masks(n, self._grid(support_images), support_images.device))
             support, labels = torch.cat([support, views]), support_labels.repeat(self.support_views + 1)
+        copies = self.support_copies(support_images)
+        if copies is not None:
+            support = torch.cat([support, self.embed(copies)])
+            labels = torch.cat([labels, support_labels.repeat(self.support_augment)])
         return self.matcher(support.float(), labels, feats[n:].float())
 
 
@@ -170,4 +188,4 @@ def build_model(config, img_size: int, in_chans: int, backbone: Optional[nn.Modu
         from .prompting import build_prompted_model  # imports the prompt families only when needed
         return build_prompted_model(config, backbone, matcher)
     return EpisodicModel(backbone, matcher, node_filter=config.node_filter, support_views=config.support_views,
-                         view_keep=config.view_keep)
+                         view_keep=config.view_keep, support_augment=config.support_augment)
