@@ -120,6 +120,10 @@ class Config:
     episode_groups: str = setting("none", "Where an episode's classes come from: none (the whole split) or alphabet "
                                   "(one Omniglot alphabet per episode, Lake et al. 2015); training, validation and "
                                   "test episodes alike.", choices="episodes.sampler:EPISODE_GROUPS")
+    train_episode_groups: Optional[str] = setting(None, "Where a training episode's classes come from (default: "
+                                                  "--episode-groups): alphabet trains on harder, same-alphabet "
+                                                  "episodes while validation and test keep --episode-groups.",
+                                                  train_only=True, choices="episodes.sampler:EPISODE_GROUPS")
     # model
     backbone: Optional[str] = setting(None, "timm name of the backbone, e.g. conv4, vig_small_28 [default: the method: "
                                       f"{METHOD['backbone']} with --matcher {METHOD['matcher']} and --augment "
@@ -229,8 +233,10 @@ class Config:
         from episodes.augment import AUGMENT_POLICIES
         from episodes.sampler import EPISODE_GROUPS
 
-        if self.episode_groups not in EPISODE_GROUPS:
-            raise ConfigError(f"episode_groups must be one of {', '.join(EPISODE_GROUPS)}, got {self.episode_groups!r}")
+        for name in ("episode_groups", "train_episode_groups"):
+            value = getattr(self, name)
+            if value not in EPISODE_GROUPS and not (name == "train_episode_groups" and value is None):
+                raise ConfigError(f"{name} must be one of {', '.join(EPISODE_GROUPS)}, got {value!r}")
 
         if self.augment not in AUGMENT_POLICIES:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENT_POLICIES)}, got {self.augment!r}")
@@ -417,6 +423,10 @@ class Config:
     @property
     def effective_train_query(self) -> int:
         return self.train_query or self.query
+
+    @property
+    def effective_train_episode_groups(self) -> str:
+        return self.train_episode_groups or self.episode_groups
 
     def to_dict(self) -> dict:
         """Plain values (option mappings as dicts), for YAML, JSON and MLflow."""

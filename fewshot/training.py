@@ -105,7 +105,8 @@ def prepare(config: Config) -> Run:
     img_size = splits.train.image_shape[-1]
     in_chans = splits.train.image_shape[0]
     stream_seed = config.seed if rank == 0 else episode_seed(config.seed, 1_000_003 * rank)  # rank-seeded streams
-    groups = {s: class_groups(splits[s], config.episode_groups, config.dataset) for s in ("train", "val", "test")}
+    groups = {s: class_groups(splits[s], config.effective_train_episode_groups if s == "train" else config.episode_groups,
+                              config.dataset) for s in ("train", "val", "test")}
     train_sampler = EpisodeSampler(splits.train, config.effective_train_way, config.effective_train_shot,
                                    config.effective_train_query, seed=stream_seed, groups=groups["train"])
     val_bank = None

@@ -112,6 +112,13 @@ class TestConfig:
         with pytest.raises(ConfigError, match=message):
             Config().replace(**changes)
 
+    def test_training_groups_default_to_the_protocol_and_are_checked(self):
+        assert Config(episode_groups="alphabet").effective_train_episode_groups == "alphabet"
+        assert Config(train_episode_groups="alphabet").effective_train_episode_groups == "alphabet"
+        assert Config(train_episode_groups="alphabet").episode_groups == "none"
+        with pytest.raises(ConfigError, match="train_episode_groups must be one of none, alphabet, got 'drawer'"):
+            Config(train_episode_groups="drawer")
+
     def test_the_run_digest_changes_with_the_protocol(self):
         assert Config().digest() != Config(episode_groups="alphabet").digest()
         assert Config().digest() != Config(val_per_alphabet=6).digest()
@@ -127,6 +134,25 @@ class TestCommandLine:
                                      "--run-dir", str(tmp_path / "r"), *args])
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
         assert len(r.output.strip().splitlines()) == 1
+
+    @pytest.mark.slow
+    def test_harder_training_episodes_leave_validation_and_test_on_the_usual_protocol(self, tmp_path, shared_data):
+        """--train-episode-groups alphabet: every training episode's classes share an alphabet, while the
+        validation and test banks are those of --episode-groups none."""
+        from fewshot.training import prepare
+        root = shared_data / "omniglot"
+        config = Config(dataset="omniglot", data_root=str(root), backbone="conv4", train_episode_groups="alphabet",
+                        val_per_alphabet=5, train_way=10, episodes=1, val_episodes=3, eval_episodes=4, query=3,
+                        track=False, threads=1, run_dir=str(tmp_path / "run"))
+        run = prepare(config)
+        names = run.splits.train.class_names
+        for i in range(8):
+            alphabets = {names[c].split("/")[0] for c in run.train_sampler[i].classes.tolist()}
+            assert len(alphabets) == 1, alphabets
+        usual = EpisodeSampler(run.splits.train, 10, 1, 15, seed=0)
+        assert any(len({names[c].split("/")[0] for c in usual[i].classes.tolist()}) > 1 for i in range(8))
+        assert run.test_bank.bank_id == EpisodeSampler(run.splits.test, 5, 1, 3, seed=0).bank(4).bank_id
+        assert run.val_bank.bank_id == EpisodeSampler(run.splits.val, 5, 1, 3, seed=1).bank(3).bank_id
 
     @pytest.mark.slow
     def test_train_and_eval_on_omniglot_within_alphabets(self, tmp_path, shared_data):
