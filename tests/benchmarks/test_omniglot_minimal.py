@@ -326,11 +326,16 @@ class TestPlans:
         queries = {name: merge(Config(), {**plan["common"], **s.get("options", {})}).train_query
                    for name, s in steps.items() if not s.get("eval_of")}
         assert queries == {"vig": 5, "vig-q15": 15, "vig-grid": 5, "vig-self": 5, "conv4-proto": 15, "conv64f-dn4": 15,
-                           "vig-q15-lt": 15, "conv64f-dn4-lt": 15, "vig-q15-dp": 15}
+                           "vig-q15-lt": 15, "conv64f-dn4-lt": 15, "vig-q15-dp": 15, "vig-q15-hard": 15,
+                           "conv64f-dn4-hard": 15}
         for lever, base in (("vig-q15-lt", "vig-q15"), ("conv64f-dn4-lt", "conv64f-dn4")):  # one change each
             assert steps[lever]["options"] == {**steps[base]["options"], "matcher_opts": {"learn_temperature": True}}
         assert steps["vig-q15-dp"]["options"] == {**steps["vig-q15"]["options"],
                                                   "backbone_opts": {"drop_path_rate": 0.1}}
+        for lever, base in (("vig-q15-hard", "vig-q15"), ("conv64f-dn4-hard", "conv64f-dn4")):
+            assert steps[lever]["options"] == {**steps[base]["options"], "train_episode_groups": "alphabet"}
+        for name in ("vig+sa4", "conv64f-dn4+sa4"):  # test-time levers score a trained step's own weights
+            assert steps[name]["options"] == {"support_augment": 4} and steps[name]["eval_of"] == steps[name]["vs"]
         assert (steps["conv64f-dn4"]["options"], steps["conv4-proto"]["options"]) == \
             ({"backbone": "conv64f", "matcher": "dn4"}, {"backbone": "conv4", "matcher": "prototype"})
 
