@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["commit", "command", "shown_path", "shown_arg", "checkpoint_info", "provenance", "markdown_header",
+__all__ = ["commit", "code_version", "file_sha256", "ResultCache", "command", "shown_path", "shown_arg", "checkpoint_info", "provenance", "markdown_header",
            "text_header", "paired", "paired_cell", "load_previous", "merge_rows", "write_json", "cpu_model", "smoke_run"]
 
 HEADER_MARK = "Untouched output of"
@@ -58,6 +58,66 @@ def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     if not head:
         return "unknown"
     return f"{head}-dirty" if changed else head
+
+
+def code_version(outputs: Sequence = ()) -> str:
+    """The version of the code that makes a result: :func:`commit` (``-dirty`` when a tracked file differs), plus
+    ``+<sha256 of git diff HEAD>`` (12 hex digits) for a dirty tree, so two different sets of uncommitted changes
+    on one commit are two versions. Results files and ``outputs`` do not count."""
+    version = commit(outputs)
+    if not version.endswith("-dirty"):
+        return version
+    excluded = [":(exclude)benchmarks/results"]
+    for path in outputs:
+        path = Path(path).resolve()
+        if path.is_relative_to(ROOT):
+            excluded.append(f":(exclude){path.relative_to(ROOT).as_posix()}")
+    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", ".", *excluded], capture_output=True).stdout
+    return f"{version}+{hashlib.sha256(diff).hexdigest()[:12]}"
+
+
+def file_sha256(path) -> Optional[str]:
+    """sha256 of a file, read every time (a checkpoint of a few MB: milliseconds); None when there is none."""
+    if path is None or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ResultCache:
+    """"Already made?", one answer for every script: ``key -> folder`` in a JSON file, the key the settings,
+    the sha256 of the weights the result was made from and the code version (:meth:`key`). A result is reused
+    only when all three match and its folder still holds ``marker``; so a rerun makes only what is new, and a
+    new commit makes everything again."""
+
+    def __init__(self, path, marker: str = "result.json"):
+        self.path, self.marker = Path(path), marker
+
+    @staticmethod
+    def key(settings, weights, code: str) -> str:
+        """``settings`` (a list or a mapping of plain values), the weights file (its sha256; None: none) and the
+        code version, as one JSON string."""
+        settings = [str(a) for a in settings] if isinstance(settings, (list, tuple)) else settings
+        return json.dumps({"settings": settings, "weights_sha256": file_sha256(weights), "code": code},
+                          sort_keys=True, default=str)
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get(self, key: str) -> Optional[str]:
+        folder = self._read().get(key)
+        return folder if folder and (Path(folder) / self.marker).is_file() else None
+
+    def put(self, key: str, folder) -> None:
+        cache = self._read()  # another invocation may have added since
+        cache[key] = str(folder)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, self.path)  # atomic: a concurrent reader sees the old or the new file, never half of one
 
 
 def shown_path(path) -> str:

@@ -152,54 +152,30 @@ def _tracking(args) -> list:
     return ["--experiment", args.experiment] + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else [])
 
 
-def code_version(outputs=()) -> str:
-    """The version of the code that scores: :func:`_results.commit` (the short commit, ``-dirty`` when a tracked
-    file differs), plus ``+<sha256 of git diff HEAD>`` (12 hex digits) for a dirty tree, so two different sets of
-    uncommitted changes on one commit are two versions. Results files and ``outputs`` do not count."""
-    commit = _results.commit(outputs)
-    if not commit.endswith("-dirty"):
-        return commit
-    excluded = [":(exclude)benchmarks/results"]
-    for path in outputs:
-        path = Path(path).resolve()
-        if path.is_relative_to(ROOT):
-            excluded.append(f":(exclude){path.relative_to(ROOT).as_posix()}")
-    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", ".", *excluded], capture_output=True).stdout
-    return f"{commit}+{hashlib.sha256(diff).hexdigest()[:12]}"
+code_version = _results.code_version
 
 
 def weights_sha256(run_dir: Path) -> str | None:
-    """sha256 of ``run_dir/best.pt``, read every time (a few MB: milliseconds); None when there is none."""
-    best = Path(run_dir) / "best.pt"
-    if not best.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(best, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of ``run_dir/best.pt``; None when there is none."""
+    return _results.file_sha256(Path(run_dir) / "best.pt")
 
 
 def cache_key(args_key: list, run_dir: Path, code: str) -> str:
-    """The eval cache's key: the scoring settings, the weights' sha256 and the code version."""
-    return json.dumps({"settings": [str(a) for a in args_key], "weights_sha256": weights_sha256(run_dir),
-                       "code": code}, sort_keys=True)
+    """The eval cache's key (:class:`_results.ResultCache`): the scoring settings, ``best.pt``'s sha256 and the
+    code version."""
+    return _results.ResultCache.key(args_key, Path(run_dir) / "best.pt", code)
+
+
+def _cache(args) -> "_results.ResultCache":
+    return _results.ResultCache(Path(args.runs_dir) / "eval_cache.json")
 
 
 def _cached(args, key: str) -> str | None:
-    cache_file = Path(args.runs_dir) / "eval_cache.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    folder = cache.get(key)
-    return folder if folder and (Path(folder) / "result.json").is_file() else None
+    return _cache(args).get(key)
 
 
 def _remember(args, key: str, folder: str) -> None:
-    cache_file = Path(args.runs_dir) / "eval_cache.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}  # another invocation may have added
-    cache[key] = str(folder)
-    tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(cache, indent=1))
-    os.replace(tmp, cache_file)  # atomic: a concurrent reader sees the old or the new file, never half of one
+    _cache(args).put(key, folder)
 
 
 def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extra: list, args, log: Path) -> str:

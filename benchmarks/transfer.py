@@ -6,8 +6,8 @@ For one source backbone (``--backbone-from``, e.g. a ``fewshot train`` run's bes
 on every dataset of ``--datasets`` (the episodic datasets' test classes, ``--train-per-class``
 images of each class to train on, the rest to test; ``omniglot`` is omniglot-minimal, read from
 ``--omniglot-root``), with the same schedule for all. Each (dataset, method) is one ``fewshot
-transfer`` run folder under ``--runs-dir`` (a finished one is reused, a killed one resumes), and one
-MLflow run unless ``--no-track``.
+transfer`` run folder under ``--runs-dir`` (a finished one is reused when its settings, source weights'
+sha256 and code version match, a killed one of the same resumes), and one MLflow run unless ``--no-track``.
 
 Output (``--out``): ``transfer.json`` (the runs that made it: command, commit, machine, backbone
 checkpoint with its sha256, every setting; and one row per cell) and ``transfer.md``, rewritten from
@@ -54,7 +54,9 @@ def parse_list(text: str, valid, what: str) -> list:
 
 
 def run_cell(args, dataset: str, method: str) -> dict:
-    """One ``fewshot transfer`` run (reused when its folder holds a finished run with the same settings)."""
+    """One ``fewshot transfer`` run, reused (:class:`_results.ResultCache`, ``<runs-dir>/cache.json``) when one
+    with the same settings, from the same source weights (sha256), by the same code version is finished; a
+    killed run of the same key continues from its ``last.pt``, any other starts afresh."""
     from fewshot.transfer import RESULT_FILE, TransferConfig, transfer
 
     config = TransferConfig(
@@ -64,13 +66,20 @@ def run_cell(args, dataset: str, method: str) -> dict:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         augment=args.augment, seed=args.seed, threads=args.threads, run_dir=str(Path(args.runs_dir) / dataset / method),
         track=not args.no_track, tracking_uri=args.tracking_uri, experiment=args.experiment)
-    folder = Path(config.run_dir)
-    if (folder / RESULT_FILE).is_file() and (folder / "config.json").is_file():
-        saved = json.loads((folder / "config.json").read_text())
-        if {k: saved.get(k) for k in config.settings()} == config.settings():
-            print(f"  {dataset} {method}: reusing {folder}", flush=True)
-            return json.loads((folder / RESULT_FILE).read_text())
-    return transfer(config, resume=(folder / "last.pt").is_file(), progress=False)  # a killed run continues
+    cache = _results.ResultCache(Path(args.runs_dir) / "cache.json", marker=RESULT_FILE)
+    key = cache.key(config.settings(), args.backbone_from, args.code)
+    hit = cache.get(key)
+    if hit:
+        print(f"  {dataset} {method}: reusing {hit}", flush=True)
+        return json.loads((Path(hit) / RESULT_FILE).read_text())
+    folder, started = Path(config.run_dir), Path(config.run_dir) / "cache_key.json"
+    killed = (folder / "last.pt").is_file() and not (folder / RESULT_FILE).is_file()
+    resume = killed and started.is_file() and started.read_text() == key  # a killed run of this very key continues
+    folder.mkdir(parents=True, exist_ok=True)
+    started.write_text(key)
+    result = transfer(config, resume=resume, progress=False)
+    cache.put(key, folder)
+    return result
 
 
 def classifier_params(result: dict, dim: int) -> int:
@@ -151,6 +160,7 @@ def main(argv=None) -> None:
     import models
     from fewshot.compare import mcnemar
 
+    args.code = _results.code_version([out])  # once, before any run: what the cache keys on
     runs, old_rows = _results.load_previous(out / "transfer.json", args.append)
     settings = {k: getattr(args, k) for k in SCHEDULE}
     run = _results.provenance(__file__, argv, args.backbone_from, outputs=[out], settings=settings)

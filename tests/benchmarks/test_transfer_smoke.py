@@ -48,3 +48,60 @@ def test_unknown_methods_are_refused_with_the_valid_names(tmp_path):
     # the message of the SystemExit is the line the command prints on stderr before exiting with status 1
     with pytest.raises(SystemExit, match="unknown method vtp; valid: linear, head, full, vpt"):
         call_main("transfer", "--methods", "linear,vtp", "--backbone-from", "x.pt", "--out", str(tmp_path))
+
+
+class TestReuse:
+    """A transfer cell is reused only for the same settings, source weights (sha256) and code version; a killed
+    run of the same key continues, anything else starts afresh."""
+
+    @pytest.fixture
+    def cell(self, tmp_path, monkeypatch):
+        from argparse import Namespace
+
+        import fewshot.transfer
+
+        from .conftest import load_script
+        script = load_script("transfer")
+        source = tmp_path / "best.pt"
+        source.write_bytes(b"weights-A")
+        calls = []
+
+        def fake_transfer(config, resume=False, progress=True):
+            calls.append(resume)
+            folder = Path(config.run_dir)
+            (folder / "last.pt").write_text("x")
+            (folder / "result.json").write_text(json.dumps({"test_acc": len(calls) / 10}))
+            return {"test_acc": len(calls) / 10}
+
+        monkeypatch.setattr(fewshot.transfer, "transfer", fake_transfer)
+        args = Namespace(omniglot_root=None, backbone="test_vig", backbone_from=str(source), train_per_class=2,
+                             epochs=1, batch_size=4, optimizer="adamw", lr=0.01, full_lr=0.001, weight_decay=0.0,
+                             warmup_epochs=0, label_smoothing=0.0, augment="none", seed=0, threads=1,
+                             runs_dir=str(tmp_path / "runs"), no_track=True, tracking_uri=None, experiment="t")
+        args.code = "abc1234"
+        return script, args, source, calls, lambda: script.run_cell(args, "glyphs", "linear")
+
+    def test_same_key_reuses(self, cell):
+        script, args, source, calls, run = cell
+        assert run() == {"test_acc": 0.1} and run() == {"test_acc": 0.1} and calls == [False]
+
+    def test_other_weights_or_code_train_again_from_scratch(self, cell):
+        script, args, source, calls, run = cell
+        run()
+        source.write_bytes(b"weights-B")
+        assert run() == {"test_acc": 0.2}
+        args.code = "def5678"
+        assert run() == {"test_acc": 0.3} and calls == [False, False, False]  # a finished folder is not resumed
+
+    def test_a_killed_run_of_the_same_key_resumes_and_another_key_does_not(self, cell):
+        script, args, source, calls, run = cell
+        run()
+        folder = Path(args.runs_dir) / "glyphs" / "linear"
+        (folder / "result.json").unlink()  # killed before its end: last.pt, no result
+        (Path(args.runs_dir) / "cache.json").unlink()
+        run()
+        assert calls == [False, True]
+        (folder / "result.json").unlink()
+        args.code = "def5678"
+        run()
+        assert calls == [False, True, False]
