@@ -82,18 +82,21 @@ class TestContract:
 
 
 def test_channels_last_layout_gives_the_same_gradients():
-    """build_model puts Conv-4 in channels-last (faster on CPU); its float32 gradients must match the
-    contiguous model's against a float64 reference (BatchNorm backward on strided layouts has
-    been wrong before in this torch, see models/vig.py)."""
+    """build_model puts Conv-4 in channels-last (faster on CPU); its gradients must equal the contiguous
+    model's (BatchNorm backward on strided layouts has been wrong before in this torch, see
+    models/vig.py). Compared in float64, where the two layouts agree to rounding on any CPU; float32
+    is then checked against that reference only loosely, since oneDNN picks its float32 convolution
+    algorithm by CPU (1e-3 relative was seen on a CI machine, 4e-6 here; a wrong layout gives O(1))."""
     import copy
 
     from fewshot.config import Config
     from fewshot.model import build_model
 
+    torch.manual_seed(0)
     model = build_model(Config(backbone="conv4", track=False), 28, 1)
     assert model.backbone.blocks[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
-    torch.manual_seed(0)
-    ref_net = copy.deepcopy(model.backbone).double()
+    contiguous = copy.deepcopy(model.backbone).to(memory_format=torch.contiguous_format)
+    assert not contiguous.blocks[1].conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(8, 1, 28, 28, dtype=torch.float64)
 
     def grads(net, x):
@@ -101,7 +104,11 @@ def test_channels_last_layout_gives_the_same_gradients():
         net.forward_head(net.forward_features(x), pre_logits=True).sin().sum().backward()
         return {n: p.grad.double() for n, p in net.named_parameters() if not (n.endswith("conv.bias"))}
 
-    ref = grads(ref_net, x)
-    for net in (model.backbone, copy.deepcopy(model.backbone).to(memory_format=torch.contiguous_format)):
+    ref = grads(copy.deepcopy(contiguous).double(), x)
+    last = copy.deepcopy(model.backbone).double()
+    assert last.blocks[1].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for name, g in grads(last, x.to(memory_format=torch.channels_last)).items():
+        assert torch.allclose(g, ref[name], rtol=1e-9, atol=1e-11), name
+    for net in (model.backbone, contiguous):
         for name, g in grads(net, x.float()).items():
-            assert float((g - ref[name]).norm() / ref[name].norm()) < 1e-4, name
+            assert float((g - ref[name]).norm() / ref[name].norm()) < 1e-2, name
