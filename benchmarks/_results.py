@@ -60,20 +60,45 @@ def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     return f"{head}-dirty" if changed else head
 
 
-def code_version(outputs: Sequence = ()) -> str:
-    """The version of the code that makes a result: :func:`commit` (``-dirty`` when a tracked file differs), plus
-    ``+<sha256 of git diff HEAD>`` (12 hex digits) for a dirty tree, so two different sets of uncommitted changes
-    on one commit are two versions. Results files and ``outputs`` do not count."""
-    version = commit(outputs)
-    if not version.endswith("-dirty"):
-        return version
-    excluded = [":(exclude)benchmarks/results"]
-    for path in outputs:
-        path = Path(path).resolve()
-        if path.is_relative_to(ROOT):
-            excluded.append(f":(exclude){path.relative_to(ROOT).as_posix()}")
-    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", ".", *excluded], capture_output=True).stdout
-    return f"{version}+{hashlib.sha256(diff).hexdigest()[:12]}"
+NOT_CODE = ("tests/", "docs/", "notebooks/", ".ci/", "benchmarks/results/", "benchmarks/configs/")
+"""Tracked paths that cannot change a result: :func:`code_version` leaves them out, and every ``*.md`` file. The
+plans under ``benchmarks/configs/`` count through the settings the caches key on, not as code."""
+
+
+def code_version(outputs: Sequence = (), root: Path = ROOT) -> str:
+    """The version of the code that makes a result: ``src-`` and 12 hex digits of the sha256 of every tracked
+    file that can change one (path and git blob id of its content in the working tree), so the same sources give
+    the same version whether committed or not. Tests, docs, notebooks, CI, Markdown, results, plans
+    (:data:`NOT_CODE`) and ``outputs`` do not count: committing a README line or a results table keeps every
+    cached result, while a changed line of the package or of a script makes all of them again. Untracked files
+    do not count (as in :func:`commit`). ``unknown`` outside a checkout."""
+    git = ["git", "-C", str(root)]
+    skip = [p for p in (Path(o).resolve() for o in outputs) if p.is_relative_to(Path(root).resolve())]
+    skip = {p.relative_to(Path(root).resolve()).as_posix() for p in skip}
+
+    def counts(path: str) -> bool:
+        return not (path.endswith(".md") or path.startswith(NOT_CODE)
+                    or any(path == s or path.startswith(s.rstrip("/") + "/") for s in skip))
+
+    try:
+        listed = subprocess.run([*git, "ls-tree", "-r", "-z", "HEAD"], capture_output=True, timeout=60)
+        changed = subprocess.run([*git, "diff", "HEAD", "--name-only", "-z"], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if listed.returncode != 0:
+        return "unknown"
+    blobs = {}
+    for entry in listed.stdout.decode().split("\0"):
+        if "\t" in entry:
+            meta, path = entry.split("\t", 1)
+            blobs[path] = meta.split()[2]
+    for path in changed.stdout.decode().split("\0"):
+        if path:  # changed in the working tree or the index: its content now (or gone)
+            file = Path(root) / path
+            blobs[path] = (subprocess.run([*git, "hash-object", "--", path], capture_output=True, text=True)
+                           .stdout.strip() if file.is_file() else "deleted")
+    digest = hashlib.sha256("".join(f"{p} {blobs[p]}\n" for p in sorted(blobs) if counts(p)).encode())
+    return "src-" + digest.hexdigest()[:12]
 
 
 def file_sha256(path) -> Optional[str]:
@@ -91,7 +116,8 @@ class ResultCache:
     """"Already made?", one answer for every script: ``key -> folder`` in a JSON file, the key the settings,
     the sha256 of the weights the result was made from and the code version (:meth:`key`). A result is reused
     only when all three match and its folder still holds ``marker``; so a rerun makes only what is new, and a
-    new commit makes everything again."""
+    change to the code (:func:`code_version`: the package and the scripts, not tests, docs or results) makes
+    everything again."""
 
     def __init__(self, path, marker: str = "result.json"):
         self.path, self.marker = Path(path), marker

@@ -29,9 +29,10 @@ over seeds, not episodes). Without ``--seeds`` (and in ``--select-on test`` mode
 run in ``--runs-dir/<name>``, as before.
 
 Every evaluation is kept in ``--runs-dir/eval_cache.json`` under a key of its settings, the
-sha256 of the weights it scored and the code version that scored it (the commit, plus a hash of
-the uncommitted changes to tracked files when there are any): a rerun reuses a cell only when all
-three are the same, so a reused cell is never stamped with a later commit than computed it.
+sha256 of the weights it scored and the code version that scored it (``_results.code_version``: a
+hash of the content of every tracked file that can change a result, committed or not; tests, docs,
+Markdown and results do not count): a rerun reuses a cell only when all three are the same, so a
+reused cell under a later commit was computed by the same package and scripts as that commit holds.
 
 Usage:
     python benchmarks/omniglot_minimal.py --plan benchmarks/configs/omniglot-minimal-ablation.yaml \\
@@ -184,7 +185,7 @@ def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extr
     An evaluation already made by this script with the same arguments, of the same weights (``best.pt``'s
     sha256), by the same code (:func:`code_version`), is reused from ``<runs-dir>/eval_cache.json`` when its
     folder is still there: the scores are a pure function of those, so a rerun after a new step does not score
-    the old ones again, and a new commit scores everything again."""
+    the old ones again, and a change to the code scores everything again (a commit of docs or tests does not)."""
     args_key = ["--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot), "--eval-episodes", str(episodes),
                 *extra]
     key = cache_key(args_key, run_dir, args.code)

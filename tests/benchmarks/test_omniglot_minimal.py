@@ -229,32 +229,68 @@ class TestEvalCache:
 
 
 class TestCodeVersion:
-    def test_a_clean_tree_is_its_commit(self, monkeypatch):
-        om = script()
-        monkeypatch.setattr(om._results, "commit", lambda outputs=(): "abc1234")
-        assert om.code_version() == "abc1234"
+    """The eval cache's code version: the content of the files that can change a result, nothing else."""
 
-    def test_a_dirty_tree_adds_the_hash_of_its_diff_without_results(self, monkeypatch):
-        import hashlib
+    @pytest.fixture
+    def repo(self, tmp_path):
         import subprocess as sp
+
+        def git(*args):
+            sp.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+        git("init", "-q")
+        git("config", "user.email", "t@t")
+        git("config", "user.name", "t")
+        for path, text in {"fewshot/a.py": "x = 1\n", "benchmarks/s.py": "y = 1\n", "tests/t.py": "t = 1\n",
+                           "README.md": "r\n", "benchmarks/results/r.md": "1\n", "docs/d.txt": "d\n"}.items():
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(text)
+        git("add", "-A")
+        git("commit", "-qm", "one")
+        return tmp_path, git
+
+    def test_commits_of_tests_docs_and_results_keep_the_version(self, repo):
         om = script()
-        monkeypatch.setattr(om._results, "commit", lambda outputs=(): "abc1234-dirty")
-        seen = []
+        root, git = repo
+        before = om.code_version(root=root)
+        assert re.fullmatch(r"src-[0-9a-f]{12}", before)
+        for path in ("tests/t.py", "README.md", "benchmarks/results/r.md", "docs/d.txt"):
+            (root / path).write_text("changed\n")
+            assert om.code_version(root=root) == before, path
+        git("commit", "-qam", "docs")
+        assert om.code_version(root=root) == before
+        (root / "untracked.py").write_text("z = 1\n")
+        assert om.code_version(root=root) == before
 
-        def fake(cmd, capture_output):
-            seen.append(cmd)
-            return sp.CompletedProcess(cmd, 0, stdout=b"diff --git a/x b/x\n")
-
-        monkeypatch.setattr(om.subprocess, "run", fake)
-        out = ROOT / "benchmarks" / "results" / "x.md"
-        assert om.code_version([out]) == "abc1234-dirty+" + hashlib.sha256(b"diff --git a/x b/x\n").hexdigest()[:12]
-        assert seen[0][3:6] == ["diff", "HEAD", "--"] and ":(exclude)benchmarks/results" in seen[0]
-        assert ":(exclude)benchmarks/results/x.md" in seen[0]
-
-    def test_the_real_version_names_the_checkout(self):
+    def test_a_changed_source_file_changes_it_committed_or_not(self, repo):
         om = script()
-        commit, version = om._results.commit(), om.code_version()
-        assert version == commit or re.fullmatch(re.escape(commit) + r"\+[0-9a-f]{12}", version)
+        root, git = repo
+        before = om.code_version(root=root)
+        for path in ("fewshot/a.py", "benchmarks/s.py"):
+            (root / path).write_text("changed = 2\n")
+            dirty = om.code_version(root=root)
+            assert dirty != before, path
+            git("commit", "-qam", path)
+            assert om.code_version(root=root) == dirty, "the same content, committed, is the same version"
+            before = dirty
+        (root / "fewshot/a.py").unlink()
+        assert om.code_version(root=root) != before
+
+    def test_outputs_do_not_count(self, repo):
+        om = script()
+        root, _ = repo
+        before, file_out, folder_out = (om.code_version(outputs, root=root)
+                                        for outputs in ([], [root / "benchmarks/s.py"], [root / "benchmarks"]))
+        (root / "benchmarks/s.py").write_text("written by the script\n")
+        assert om.code_version([root / "benchmarks/s.py"], root=root) == file_out
+        assert om.code_version([root / "benchmarks"], root=root) == folder_out
+        assert om.code_version(root=root) != before
+
+    def test_outside_a_checkout_it_is_unknown(self, tmp_path):
+        assert script().code_version(root=tmp_path) == "unknown"
+
+    def test_the_real_version_is_one(self):
+        assert re.fullmatch(r"src-[0-9a-f]{12}", script().code_version())
 
 
 VALIDATION_PLAN = ROOT / "benchmarks" / "configs" / "omniglot-minimal-validation.yaml"
