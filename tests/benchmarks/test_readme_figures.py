@@ -66,7 +66,7 @@ STOP = {"the", "and", "for", "with", "from", "over", "per", "than", "that", "thi
 # ----- figures -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Figure:
-    sign: str       # "+", "-" or ""
+    sign: str       # "+", "-", "" or "\u00b1" (a half-width, after "+-")
     num: str        # as written, thousands separators removed: "2938", "0.28", "7"
     exp: str        # "e-16" or ""
     unit: str       # "%", "x", "s", "MiB", ... or ""
@@ -108,6 +108,8 @@ def numbers(text: str) -> List[Figure]:
             before = text[start - 1]
         if before.isalnum() or before in "._,":
             continue
+        if re.search(r"\+-\s*$", text[:start]) or (sign == "-" and before == "+"):
+            sign, start = "\u00b1", m.start("num")  # a half-width (+- 0.31): never a signed difference
         end = m.end()
         after = text[end:end + 2]
         if after[:1].isalnum() or after[:1] == "_" or re.match(r"-[A-Za-z]", after) or re.match(r"[.,]\d", after):
@@ -123,6 +125,8 @@ def equal(readme: Figure, file: Figure, prose: bool = False) -> bool:
     if prose:
         if (readme.sign == "-") != (file.sign == "-") or (readme.sign == "+" and file.sign == "" and file.value == 0):
             return False
+        if (readme.sign == "\u00b1") != (file.sign == "\u00b1") and (readme.sign or file.sign == "\u00b1"):
+            return False  # a signed figure is not a half-width, nor the other way round
     elif readme.sign != file.sign:
         return False
     if readme.unit and file.unit and readme.unit != file.unit:
@@ -402,6 +406,15 @@ def score(context: List[set], label: set) -> float:
     return sum(1.0 / rank for rank, forms in enumerate(context, 1) if forms & label)
 
 
+def cell_score(context: List[set], record: "Record") -> float:
+    """How well ``context`` names a cell: its row's words first, its column's at half weight, so that
+    "VGP gains +1.93 over the bare backbone" names VGP's cell against none, not none's against VGP
+    (whose words are the same two names)."""
+    if record.cells is None:
+        return score(context, record.label)
+    return score(context, record.key) + 0.5 * score(context, record.label - record.key)
+
+
 def check_prose(text: str, recs: List[Record]) -> list:
     """Each prose figure is in the named files; of the rows holding it, the one its words name best
     holds it with its sign; and no other row of a table is named better by its own words than that one
@@ -419,7 +432,7 @@ def check_prose(text: str, recs: List[Record]) -> list:
             problems.append(f"figure {shown!r} is in no named file")
             continue
         seen = " ".join(sorted(set().union(*context)))[:160] or "none"
-        scores = [score(context, r.label) for r in holding]
+        scores = [cell_score(context, r) for r in holding]
         if max(scores) == 0:
             labels = "; ".join(sorted({" ".join(sorted(r.label))[:60] for r in holding})[:3])
             problems.append(f"figure {shown!r}: the words around it ({seen}) name none of the rows holding it "
@@ -441,7 +454,8 @@ def contains(figures: List[Figure], group: List[Figure], signed: bool = True) ->
     """``group`` occurs in ``figures`` in order (a subsequence), each figure equal at the README's precision
     (``signed=False``: sign aside)."""
     if not signed:
-        figures, group = [replace(f, sign="") for f in figures], [replace(f, sign="") for f in group]
+        unsigned = lambda f: replace(f, sign="") if f.sign in ("+", "-") else f  # a half-width stays one
+        figures, group = [unsigned(f) for f in figures], [unsigned(f) for f in group]
     i = 0
     for f in figures:
         if i < len(group) and equal(group[i], f, prose=True):
@@ -520,6 +534,10 @@ setting          ours ep/s   ratio  same episodes
 |---|---|
 | VGP | +0.28 +- 0.21 (t p=0.0077, W p=6.4e-06) |
 | add | -2.48 +- 0.37 (t p=2.2e-34, W p=1.4e-32) |
+
+| method | paired diff vs VGP |
+|---|---|
+| none | -0.28 +- 0.21 |
 max relative difference 2.9e-15
 """
 
@@ -563,6 +581,10 @@ def test_the_shipped_checks_pass_on_a_faithful_readme(results):
     ("It took 2,939 s.", "figure '2,939 s' is in no named file"),
     ("Only 0 of 4 episodes agree.", "figure '0 of 4' is in no named file"),
     ("VGP gains +0.28 +- 0.37.", "figure '+0.28 +- 0.37' is in no named file"),
+    # a half-width is no signed difference; the row's own name outweighs a column's (none vs VGP, VGP vs none)
+    ("VGP gains +0.21 over none.", "figure '+0.21' is in no named file"),
+    ("VGP loses -0.28 against none.", "figure '-0.28': the row its words name holds '+0.28"),
+    ("none is +0.28 against VGP.", "figure '+0.28': the row its words name holds '-0.28"),
 ])
 def test_the_check_catches_a_figure_out_of_place(results, readme, problem):
     problems = check_block(readme.splitlines(), results)
@@ -579,6 +601,10 @@ def test_settings_dates_commits_and_code_are_not_figures():
     assert not equal(numbers("1.89")[0], numbers("1.9")[0])  # more precision than the file has
     assert equal(numbers("3.6e-5")[0], numbers("3.6e-05")[0]) and not equal(numbers("7e-16")[0], numbers("2.9e-15")[0])
     assert not equal(numbers("+0.28")[0], numbers("-0.28")[0], prose=True)
+    half = numbers("+0.40 +- 0.19, +0.40 +-0.19")
+    assert [f.sign for f in half] == ["+", "\u00b1", "+", "\u00b1"] and half[3].value == 0.19
+    assert not equal(numbers("+0.19")[0], half[1], prose=True) and not equal(numbers("0.19")[0], half[1], prose=True)
+    assert equal(half[3], half[1], prose=True) and equal(half[3], half[1])
 
 
 def test_a_figure_in_a_block_that_names_no_results_file_is_reported():
