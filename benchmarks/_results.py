@@ -60,25 +60,27 @@ def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     return f"{head}-dirty" if changed else head
 
 
-NOT_CODE = ("tests/", "docs/", "notebooks/", ".ci/", "benchmarks/results/", "benchmarks/configs/")
-"""Tracked paths that cannot change a result: :func:`code_version` leaves them out, and every ``*.md`` file. The
-plans under ``benchmarks/configs/`` count through the settings the caches key on, not as code."""
+CODE = ("fewshot/", "models/", "matchers/", "episodes/", "prompts/", "registry.py", "prototypes.py", "setup.cfg",
+        "pyproject.toml", "scripts/install.sh", "scripts/constraints.txt")
+"""The tracked paths whose content can change a cached result: the installed package (what ``fewshot eval`` and
+``fewshot transfer`` run) and the pins it is installed with. The benchmark scripts are not among them: the
+results they cache are made by the package, with every setting the script chose in the cache's key."""
 
 
-def code_version(outputs: Sequence = (), root: Path = ROOT) -> str:
-    """The version of the code that makes a result: ``src-`` and 12 hex digits of the sha256 of every tracked
-    file that can change one (path and git blob id of its content in the working tree), so the same sources give
-    the same version whether committed or not. Tests, docs, notebooks, CI, Markdown, results, plans
-    (:data:`NOT_CODE`) and ``outputs`` do not count: committing a README line or a results table keeps every
-    cached result, while a changed line of the package or of a script makes all of them again. Untracked files
-    do not count (as in :func:`commit`). ``unknown`` outside a checkout."""
+def code_version(outputs: Sequence = (), root: Path = ROOT, paths: Sequence[str] = CODE) -> str:
+    """The version of the code that makes a result: ``src-`` and 12 hex digits of the sha256 of every tracked file
+    under ``paths`` (:data:`CODE`), by path and git blob id of its content in the working tree, so the same sources
+    give the same version whether committed or not. Nothing else counts (tests, docs, results, plans, the scripts'
+    own reporting), nor ``outputs`` or untracked files: committing a README line, a results table or a change to a
+    script's report keeps every cached result, while a changed line of the package makes all of them again.
+    ``unknown`` outside a checkout."""
     git = ["git", "-C", str(root)]
     skip = [p for p in (Path(o).resolve() for o in outputs) if p.is_relative_to(Path(root).resolve())]
     skip = {p.relative_to(Path(root).resolve()).as_posix() for p in skip}
 
     def counts(path: str) -> bool:
-        return not (path.endswith(".md") or path.startswith(NOT_CODE)
-                    or any(path == s or path.startswith(s.rstrip("/") + "/") for s in skip))
+        return (any(path == p or path.startswith(p) for p in paths) and not path.endswith(".md")
+                and not any(path == s or path.startswith(s.rstrip("/") + "/") for s in skip))
 
     try:
         listed = subprocess.run([*git, "ls-tree", "-r", "-z", "HEAD"], capture_output=True, timeout=60)
@@ -116,7 +118,7 @@ class ResultCache:
     """"Already made?", one answer for every script: ``key -> folder`` in a JSON file, the key the settings,
     the sha256 of the weights the result was made from and the code version (:meth:`key`). A result is reused
     only when all three match and its folder still holds ``marker``; so a rerun makes only what is new, and a
-    change to the code (:func:`code_version`: the package and the scripts, not tests, docs or results) makes
+    change to the package (:func:`code_version`; not tests, docs, results or the scripts' reporting) makes
     everything again."""
 
     def __init__(self, path, marker: str = "result.json"):

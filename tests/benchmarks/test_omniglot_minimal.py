@@ -242,19 +242,20 @@ class TestCodeVersion:
         git("config", "user.email", "t@t")
         git("config", "user.name", "t")
         for path, text in {"fewshot/a.py": "x = 1\n", "benchmarks/s.py": "y = 1\n", "tests/t.py": "t = 1\n",
-                           "README.md": "r\n", "benchmarks/results/r.md": "1\n", "docs/d.txt": "d\n"}.items():
+                           "README.md": "r\n", "benchmarks/results/r.md": "1\n", "docs/d.txt": "d\n",
+                           "setup.cfg": "[options]\n"}.items():
             (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / path).write_text(text)
         git("add", "-A")
         git("commit", "-qm", "one")
         return tmp_path, git
 
-    def test_commits_of_tests_docs_and_results_keep_the_version(self, repo):
+    def test_commits_of_tests_docs_results_and_scripts_keep_the_version(self, repo):
         om = script()
         root, git = repo
         before = om.code_version(root=root)
         assert re.fullmatch(r"src-[0-9a-f]{12}", before)
-        for path in ("tests/t.py", "README.md", "benchmarks/results/r.md", "docs/d.txt"):
+        for path in ("tests/t.py", "README.md", "benchmarks/results/r.md", "docs/d.txt", "benchmarks/s.py"):
             (root / path).write_text("changed\n")
             assert om.code_version(root=root) == before, path
         git("commit", "-qam", "docs")
@@ -262,11 +263,11 @@ class TestCodeVersion:
         (root / "untracked.py").write_text("z = 1\n")
         assert om.code_version(root=root) == before
 
-    def test_a_changed_source_file_changes_it_committed_or_not(self, repo):
+    def test_a_changed_package_file_changes_it_committed_or_not(self, repo):
         om = script()
         root, git = repo
         before = om.code_version(root=root)
-        for path in ("fewshot/a.py", "benchmarks/s.py"):
+        for path in ("fewshot/a.py", "setup.cfg"):
             (root / path).write_text("changed = 2\n")
             dirty = om.code_version(root=root)
             assert dirty != before, path
@@ -280,10 +281,10 @@ class TestCodeVersion:
         om = script()
         root, _ = repo
         before, file_out, folder_out = (om.code_version(outputs, root=root)
-                                        for outputs in ([], [root / "benchmarks/s.py"], [root / "benchmarks"]))
-        (root / "benchmarks/s.py").write_text("written by the script\n")
-        assert om.code_version([root / "benchmarks/s.py"], root=root) == file_out
-        assert om.code_version([root / "benchmarks"], root=root) == folder_out
+                                        for outputs in ([], [root / "fewshot/a.py"], [root / "fewshot"]))
+        (root / "fewshot/a.py").write_text("written by the script\n")
+        assert om.code_version([root / "fewshot/a.py"], root=root) == file_out
+        assert om.code_version([root / "fewshot"], root=root) == folder_out
         assert om.code_version(root=root) != before
 
     def test_outside_a_checkout_it_is_unknown(self, tmp_path):
@@ -451,6 +452,11 @@ def test_no_final_trains_and_validates_without_reading_a_test_bank(tmp_path, mon
     text = out.read_text()
     assert "## Every step" in text and "| b | a |" in text and "## Final" not in text
     assert not list(runs.rglob("eval-best-*")) and len(list(runs.rglob("val-best-*"))) == 2
+    assert "(`--no-final`: none scored by this command, which only screens)" in text
+    # the final's pair as it stands on validation, first step minus the other, on the same validation bank
+    b, a = (load_run(str(next((runs / step).rglob("val-best-*")))) for step in ("b", "a"))
+    screen = text[text.index("## Screen: b against each final opponent (validation banks"):]
+    assert f"| a | {100 * (b.mean - a.mean):+.2f} +- " in screen, screen
 
 
 def test_plan_options_become_the_flags_fewshot_train_reads():
