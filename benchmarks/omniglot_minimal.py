@@ -30,9 +30,10 @@ run in ``--runs-dir/<name>``, as before.
 
 Every evaluation is kept in ``--runs-dir/eval_cache.json`` under a key of its settings, the
 sha256 of the weights it scored and the code version that scored it (``_results.code_version``: a
-hash of the content of every tracked file that can change a result, committed or not; tests, docs,
-Markdown and results do not count): a rerun reuses a cell only when all three are the same, so a
-reused cell under a later commit was computed by the same package and scripts as that commit holds.
+hash of the content of the package that scores, ``fewshot eval``, and its pins, committed or not;
+tests, docs, results and this script's own reporting do not count): a rerun reuses a cell only when
+all three are the same, so a reused cell under a later commit was computed by the package that commit
+holds.
 
 Usage:
     python benchmarks/omniglot_minimal.py --plan benchmarks/configs/omniglot-minimal-ablation.yaml \\
@@ -185,7 +186,8 @@ def _eval(fewshot: list, run_dir: Path, way: int, shot: int, episodes: int, extr
     An evaluation already made by this script with the same arguments, of the same weights (``best.pt``'s
     sha256), by the same code (:func:`code_version`), is reused from ``<runs-dir>/eval_cache.json`` when its
     folder is still there: the scores are a pure function of those, so a rerun after a new step does not score
-    the old ones again, and a change to the code scores everything again (a commit of docs or tests does not)."""
+    the old ones again, and a change to the package scores everything again (one to docs, tests or this script's
+    report does not)."""
     args_key = ["--run-dir", str(run_dir), "--way", str(way), "--shot", str(shot), "--eval-episodes", str(episodes),
                 *extra]
     key = cache_key(args_key, run_dir, args.code)
@@ -449,7 +451,9 @@ def report_seeds(plan: dict, done: dict, settings: list, argv: list, args) -> st
                   "training alphabets held out from training (`val_per_alphabet` in the commands); every step and "
                   "lever table below is on these banks, and nothing else chose a recipe.",
                   f"- **Judged**: test banks (bank seed {args.final_bank_seed}) of the test alphabets, scored once, for "
-                  "the final tables only. (`fewshot train` also scores its own test bank at the end of every run; "
+                  "the final tables only" + (" (`--no-final`: none scored by this command, which only screens)"
+                                             if getattr(args, "no_final", False) else "") +
+                  ". (`fewshot train` also scores its own test bank at the end of every run; "
                   "this script never reads that score.)"]
     else:
         lines += ["- **Chose and judged**: test banks (the run's own bank seed 0 for the step tables, "
@@ -479,6 +483,18 @@ def report_seeds(plan: dict, done: dict, settings: list, argv: list, args) -> st
             a, b = chosen.get(st["name"], {}), chosen.get(st["vs"], {})
             cells = [_seed_diff(a.get(x, {}), b.get(x, {})) for x in settings]
             lines.append(f"| {st['name']} | {st['vs']} | " + " | ".join(cells) + " |")
+    if val:  # the final's pairs as they stand on validation: the screen the final recipe is chosen by
+        for final in final_tables(plan):
+            final = [n for n in final if n in chosen]
+            if len(final) < 2:
+                continue
+            ours = final[0]
+            lines += ["", f"## Screen: {ours} against each final opponent (validation banks, paired by seed)", "",
+                      "| opponent | " + " | ".join(f"{h} ({ours} - opponent)" for h in heads) + " |",
+                      "|---|" + "---|" * len(heads)]
+            for other in final[1:]:
+                cells = [_seed_diff(chosen[ours].get(x, {}), chosen[other].get(x, {})) for x in settings]
+                lines.append(f"| {other} | " + " | ".join(cells) + " |")
     for final in final_tables(plan):
         final = [n for n in final if n in judged]
         if len(final) < 2:
