@@ -34,6 +34,12 @@ HEADER_MARK = "Untouched output of"
 """Every header says this; tests look for it."""
 
 
+def _inside(paths: Iterable, root: Path) -> List[str]:
+    """Those of ``paths`` that lie in the checkout at ``root``, relative to it (POSIX form)."""
+    root = Path(root).resolve()
+    return [p.relative_to(root).as_posix() for p in (Path(x).resolve() for x in paths) if p.is_relative_to(root)]
+
+
 def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     """The short commit hash of the repository, with ``-dirty`` when a tracked file differs from it
     (untracked files do not count, as with ``git describe --dirty``); ``unknown`` outside a checkout.
@@ -46,11 +52,7 @@ def commit(outputs: Sequence = (), root: Path = ROOT) -> str:
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               timeout=30).stdout.strip()
-        excluded = []
-        for path in [root / "benchmarks" / "results", *outputs]:
-            path = Path(path).resolve()
-            if path.is_relative_to(root.resolve()):
-                excluded.append(f":(exclude){path.relative_to(root.resolve()).as_posix()}")
+        excluded = [f":(exclude){path}" for path in _inside([root / "benchmarks" / "results", *outputs], root)]
         changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
                                  capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -75,8 +77,7 @@ def code_version(outputs: Sequence = (), root: Path = ROOT, paths: Sequence[str]
     script's report keeps every cached result, while a changed line of the package makes all of them again.
     ``unknown`` outside a checkout."""
     git = ["git", "-C", str(root)]
-    skip = [p for p in (Path(o).resolve() for o in outputs) if p.is_relative_to(Path(root).resolve())]
-    skip = {p.relative_to(Path(root).resolve()).as_posix() for p in skip}
+    skip = _inside(outputs, root)
 
     def counts(path: str) -> bool:
         return (any(path == p or path.startswith(p) for p in paths) and not path.endswith(".md")
@@ -95,7 +96,7 @@ def code_version(outputs: Sequence = (), root: Path = ROOT, paths: Sequence[str]
             meta, path = entry.split("\t", 1)
             blobs[path] = meta.split()[2]
     for path in changed.stdout.decode().split("\0"):
-        if path:  # changed in the working tree or the index: its content now (or gone)
+        if path and counts(path):  # changed in the working tree or the index: its content now (or gone)
             file = Path(root) / path
             blobs[path] = (subprocess.run([*git, "hash-object", "--", path], capture_output=True, text=True)
                            .stdout.strip() if file.is_file() else "deleted")

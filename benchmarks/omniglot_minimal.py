@@ -129,6 +129,12 @@ def final_tables(plan: dict) -> list:
     return final
 
 
+def _final_present(plan: dict, present: dict) -> list:
+    """The plan's final tables cut to the steps in ``present``, those still with two or more: ``[ours, *others]``."""
+    tables = [[n for n in table if n in present] for table in final_tables(plan)]
+    return [table for table in tables if len(table) >= 2]
+
+
 def _in_final(plan: dict, name: str) -> bool:
     return any(name in table for table in final_tables(plan))
 
@@ -452,7 +458,7 @@ def report_seeds(plan: dict, done: dict, settings: list, argv: list, args) -> st
                   "lever table below is on these banks, and nothing else chose a recipe.",
                   f"- **Judged**: test banks (bank seed {args.final_bank_seed}) of the test alphabets, scored once, for "
                   "the final tables only" + (" (`--no-final`: none scored by this command, which only screens)"
-                                             if getattr(args, "no_final", False) else "") +
+                                             if args.no_final else "") +
                   ". (`fewshot train` also scores its own test bank at the end of every run; "
                   "this script never reads that score.)"]
     else:
@@ -484,27 +490,19 @@ def report_seeds(plan: dict, done: dict, settings: list, argv: list, args) -> st
             cells = [_seed_diff(a.get(x, {}), b.get(x, {})) for x in settings]
             lines.append(f"| {st['name']} | {st['vs']} | " + " | ".join(cells) + " |")
     if val:  # the final's pairs as they stand on validation: the screen the final recipe is chosen by
-        for final in final_tables(plan):
-            final = [n for n in final if n in chosen]
-            if len(final) < 2:
-                continue
-            ours = final[0]
+        for ours, *others in _final_present(plan, chosen):
             lines += ["", f"## Screen: {ours} against each final opponent (validation banks, paired by seed)", "",
                       "| opponent | " + " | ".join(f"{h} ({ours} - opponent)" for h in heads) + " |",
                       "|---|" + "---|" * len(heads)]
-            for other in final[1:]:
+            for other in others:
                 cells = [_seed_diff(chosen[ours].get(x, {}), chosen[other].get(x, {})) for x in settings]
                 lines.append(f"| {other} | " + " | ".join(cells) + " |")
-    for final in final_tables(plan):
-        final = [n for n in final if n in judged]
-        if len(final) < 2:
-            continue
-        ours = final[0]
+    for ours, *others in _final_present(plan, judged):
         lines += ["", f"## Final: {ours} against each opponent (test banks, bank seed {args.final_bank_seed}, "
                       "scored once)", "",
                   f"| setting | opponent | {ours} | opponent | difference ({ours} - opponent) |", "|---|---|---|---|---|"]
         for x, head in zip(settings, heads):
-            for other in final[1:]:
+            for other in others:
                 a, b = judged[ours].get(x, {}), judged[other].get(x, {})
                 lines.append(f"| {head} | {other} | {_seed_cell(a)} | {_seed_cell(b)} | {_seed_diff(a, b)} |")
     lines += ["", "## Commands (scoring adds `--way/--shot/--eval-episodes` per setting; seeds add `--seed`)", ""] + \
